@@ -1,0 +1,153 @@
+//! Command-line arguments and their dispatch.
+
+mod embed;
+mod models;
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use concord::model::{device, source::DEFAULT_MODEL, EmbeddingModel};
+use concord::runtime::{BatchLimits, Engine, EngineConfig, Models};
+use concord::server::{self, AppState, Limits};
+
+#[derive(Parser)]
+#[command(
+    name = "concord",
+    version,
+    about = "Local transformer models for collaborative editors: embeddings, edit intent, merges, fact-checks, moderation",
+    long_about = "Concord runs next to a collaboration backend and answers over HTTP, or works on files \
+from the command line. Models are local folders or Hugging Face hub ids; offline hosts fetch the \
+default encoder with scripts/fetch-models.sh. Set RUST_LOG=concord=debug for more detail."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server.
+    Serve(ServeArgs),
+    /// Embed texts from a file or stdin; writes JSONL with one vector per input to stdout.
+    Embed(embed::EmbedArgs),
+    /// List cached models or download one from the Hugging Face Hub.
+    Models {
+        #[command(subcommand)]
+        command: models::ModelsCommand,
+    },
+}
+
+/// Where and how models run.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// Device: cpu, cuda, cuda:N or metal (GPU devices need a build with that feature).
+    #[arg(long, default_value = "cpu", env = "CONCORD_DEVICE")]
+    device: String,
+    /// Weights precision: f32, or f16 / bf16 on a GPU.
+    #[arg(long, default_value = "f32", env = "CONCORD_DTYPE")]
+    dtype: String,
+}
+
+/// How the engine batches and admits work.
+#[derive(Args, Clone)]
+pub struct EngineArgs {
+    /// Padded tokens per forward pass (items × longest item).
+    #[arg(long, default_value_t = 16_384, env = "CONCORD_MAX_BATCH_TOKENS")]
+    max_batch_tokens: usize,
+    /// Items per forward pass; 1 turns batching off.
+    #[arg(long, default_value_t = 64, env = "CONCORD_MAX_BATCH_SIZE")]
+    max_batch_size: usize,
+    /// How long a batch may wait for more work, in milliseconds (0: run what is queued now).
+    #[arg(long, default_value_t = 2, env = "CONCORD_MAX_BATCH_WAIT_MS")]
+    max_batch_wait_ms: u64,
+    /// Requests in flight per model before new ones get HTTP 429.
+    #[arg(long, default_value_t = 512, env = "CONCORD_MAX_CONCURRENT_REQUESTS")]
+    max_concurrent_requests: usize,
+}
+
+impl EngineArgs {
+    fn config(&self) -> EngineConfig {
+        EngineConfig {
+            batch: BatchLimits {
+                max_tokens: self.max_batch_tokens.max(1),
+                max_items: self.max_batch_size.max(1),
+            },
+            max_batch_wait: Duration::from_millis(self.max_batch_wait_ms),
+            max_concurrent_requests: self.max_concurrent_requests.max(1),
+        }
+    }
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1", env = "CONCORD_HOST")]
+    host: IpAddr,
+    #[arg(long, default_value_t = 8080, env = "CONCORD_PORT")]
+    port: u16,
+    /// Model folder or hub id; repeat to serve several (the first is the default).
+    #[arg(long = "model", default_value = DEFAULT_MODEL, env = "CONCORD_MODEL", value_delimiter = ',')]
+    models: Vec<String>,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Largest request body, in bytes (larger ones get HTTP 413).
+    #[arg(long, default_value_t = Limits::default().max_body_bytes, env = "CONCORD_MAX_BODY_BYTES")]
+    max_body_bytes: usize,
+    /// Most inputs in one request.
+    #[arg(long, default_value_t = Limits::default().max_inputs, env = "CONCORD_MAX_INPUTS")]
+    max_inputs: usize,
+    /// Most characters in one input.
+    #[arg(long, default_value_t = Limits::default().max_input_chars, env = "CONCORD_MAX_INPUT_CHARS")]
+    max_input_chars: usize,
+}
+
+/// Loads `spec` and starts its engine.
+pub fn start_engine(spec: &str, model: &ModelArgs, engine: &EngineArgs) -> Result<Engine> {
+    let device = device::parse_device(&model.device)?;
+    let dtype = device::parse_dtype(&model.dtype, &device)?;
+    let loaded = EmbeddingModel::load(spec, &device, dtype).with_context(|| format!("loading model '{spec}'"))?;
+    tracing::info!(
+        model = spec,
+        path = %loaded.info.path.display(),
+        kind = %loaded.info.model_type,
+        dims = loaded.info.dimensions,
+        "model loaded"
+    );
+    Engine::start(loaded, engine.config())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => {
+            let engines = args
+                .models
+                .iter()
+                .map(|spec| start_engine(spec, &args.model, &args.engine))
+                .collect::<Result<Vec<_>>>()?;
+            let models = Models::new(engines).context("no --model given")?;
+            let limits = Limits {
+                max_body_bytes: args.max_body_bytes,
+                max_inputs: args.max_inputs,
+                max_input_chars: args.max_input_chars,
+            };
+            let addr = SocketAddr::new(args.host, args.port);
+            runtime()?.block_on(server::serve(AppState { models, limits }, addr))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Embed(args) => embed::run(args),
+        Command::Models { command } => models::run(command),
+    }
+}

@@ -1,0 +1,158 @@
+//! The model thread: forms batches from the queue and runs them.
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::Tensor;
+
+use super::batcher::{self, BatchLimits};
+use super::{Encoded, EngineConfig, Want, WorkItem};
+use crate::model::{Encoder, Pooling, Tokenized};
+
+/// Items pulled from the queue per batching round; bounds the sorting work, not the queue.
+const LOOKAHEAD: usize = 1024;
+
+pub(super) struct Runner {
+    pub encoder: Encoder,
+    pub pooling: Pooling,
+    pub normalize: bool,
+    pub config: EngineConfig,
+}
+
+/// Per-item results of one forward pass.
+pub(super) struct BatchOutput {
+    pooled: Vec<Vec<f32>>,
+    states: Option<Vec<Vec<Vec<f32>>>>,
+}
+
+impl Runner {
+    pub fn run(self, queue: Receiver<WorkItem>) {
+        let mut pending: Vec<WorkItem> = Vec::new();
+        loop {
+            if pending.is_empty() {
+                match queue.recv() {
+                    Ok(item) => pending.push(item),
+                    Err(_) => return,
+                }
+            }
+            self.gather(&queue, &mut pending);
+            // A caller that went away no longer needs its answer: skip the work.
+            pending.retain(|item| !item.reply.is_closed());
+            if pending.is_empty() {
+                continue;
+            }
+            let lengths: Vec<usize> = pending.iter().map(|item| item.tokens.ids.len()).collect();
+            let mut chosen = batcher::choose(&lengths, self.config.batch);
+            chosen.sort_unstable();
+            let mut batch = Vec::with_capacity(chosen.len());
+            for index in chosen.into_iter().rev() {
+                batch.push(pending.remove(index));
+            }
+            self.execute(batch);
+        }
+    }
+
+    /// Adds what is already queued and, within the wait window, what arrives soon after.
+    fn gather(&self, queue: &Receiver<WorkItem>, pending: &mut Vec<WorkItem>) {
+        while pending.len() < LOOKAHEAD {
+            match queue.try_recv() {
+                Ok(item) => pending.push(item),
+                Err(_) => break,
+            }
+        }
+        let BatchLimits { max_tokens, max_items } = self.config.batch;
+        if self.config.max_batch_wait.is_zero() || max_items <= 1 {
+            return;
+        }
+        let deadline = Instant::now() + self.config.max_batch_wait;
+        let padded = |p: &[WorkItem]| {
+            p.len() * p.iter().map(|i| i.tokens.ids.len()).max().unwrap_or(0)
+        };
+        while pending.len() < max_items && padded(pending) < max_tokens {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            match queue.recv_timeout(deadline - now) {
+                Ok(item) => pending.push(item),
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+    }
+
+    fn execute(&self, batch: Vec<WorkItem>) {
+        let want = Want {
+            normalize: false,
+            token_states: batch.iter().any(|i| i.want.token_states),
+        };
+        let tokens: Vec<&Tokenized> = batch.iter().map(|i| &i.tokens).collect();
+        match self.forward(&tokens, want) {
+            Ok(output) => {
+                let mut states = output.states.map(|s| s.into_iter());
+                for (item, pooled) in batch.into_iter().zip(output.pooled) {
+                    let token_states = states.as_mut().and_then(|s| s.next());
+                    let pooled = if item.want.normalize && self.normalize {
+                        l2_normalized(pooled)
+                    } else {
+                        pooled
+                    };
+                    let encoded = Encoded {
+                        pooled,
+                        token_states: if item.want.token_states { token_states } else { None },
+                        tokens: item.tokens,
+                    };
+                    let _ = item.reply.send(Ok(encoded));
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "forward pass failed");
+                for item in batch {
+                    let _ = item.reply.send(Err(format!("{err:#}")));
+                }
+            }
+        }
+    }
+
+    /// Pads `batch` to its longest item, runs the encoder, pools (normalisation is per item).
+    pub fn forward(&self, batch: &[&Tokenized], want: Want) -> Result<BatchOutput> {
+        let device = &self.encoder.device;
+        let n = batch.len();
+        let longest = batch.iter().map(|t| t.ids.len()).max().unwrap_or(0).max(1);
+        let mut ids = vec![0u32; n * longest];
+        let mut type_ids = vec![0u32; n * longest];
+        let mut mask = vec![0u32; n * longest];
+        for (row, tokens) in batch.iter().enumerate() {
+            let at = row * longest;
+            ids[at..at + tokens.ids.len()].copy_from_slice(&tokens.ids);
+            type_ids[at..at + tokens.type_ids.len()].copy_from_slice(&tokens.type_ids);
+            mask[at..at + tokens.ids.len()].fill(1);
+        }
+        let ids = Tensor::from_vec(ids, (n, longest), device)?;
+        let type_ids = Tensor::from_vec(type_ids, (n, longest), device)?;
+        let mask = Tensor::from_vec(mask, (n, longest), device)?;
+        let states = self.encoder.forward(&ids, &type_ids, &mask)?;
+        let pooled = self.pooling.apply(&states, &mask)?.to_vec2::<f32>()?;
+        let states = if want.token_states {
+            let all = states.to_vec3::<f32>()?;
+            Some(
+                all.into_iter()
+                    .zip(batch)
+                    .map(|(mut rows, tokens)| {
+                        rows.truncate(tokens.ids.len());
+                        rows
+                    })
+                    .collect(),
+            )
+        } else {
+            None
+        };
+        Ok(BatchOutput { pooled, states })
+    }
+}
+
+fn l2_normalized(mut vector: Vec<f32>) -> Vec<f32> {
+    let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    vector.iter_mut().for_each(|x| *x /= norm);
+    vector
+}

@@ -1,0 +1,125 @@
+//! The HTTP API (axum): thin handlers over the task functions.
+
+mod embeddings;
+pub mod error;
+mod json;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use tower_http::trace::TraceLayer;
+
+use crate::model::ModelInfo;
+use crate::runtime::Models;
+use error::ApiError;
+
+/// Request size limits, enforced before any model work.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_inputs: usize,
+    pub max_input_chars: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_body_bytes: 2 * 1024 * 1024, max_inputs: 2048, max_input_chars: 100_000 }
+    }
+}
+
+pub struct AppState {
+    pub models: Models,
+    pub limits: Limits,
+}
+
+pub type SharedState = Arc<AppState>;
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.limits.max_body_bytes;
+    Router::new()
+        .route("/health", get(health))
+        .route("/info", get(info))
+        .route("/v1/embeddings", post(embeddings::create))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TraceLayer::new_for_http())
+        .with_state(Arc::new(state))
+}
+
+/// Serves until SIGINT/SIGTERM, then finishes the requests in flight.
+pub async fn serve(state: AppState, addr: SocketAddr) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    tracing::info!(address = %listener.local_addr()?, "concord is serving");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        if let Ok(mut signal) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            signal.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+}
+
+/// Models are loaded and warmed before the listener opens, so answering means ready.
+async fn health() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+#[derive(Serialize)]
+struct Info {
+    name: &'static str,
+    version: &'static str,
+    default_model: String,
+    models: Vec<ModelInfo>,
+    limits: Limits,
+}
+
+async fn info(State(state): State<SharedState>) -> Json<Info> {
+    Json(Info {
+        name: "concord",
+        version: env!("CARGO_PKG_VERSION"),
+        default_model: state.models.default_engine().info().id.clone(),
+        models: state.models.all().iter().map(|e| e.info().clone()).collect(),
+        limits: state.limits,
+    })
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such route; see GET /info and the README for the API")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that HTTP method",
+    )
+}

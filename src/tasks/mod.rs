@@ -1,0 +1,3 @@
+//! Task pipelines over the engine, shared by the CLI and the server.
+
+pub mod embed;
