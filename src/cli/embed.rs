@@ -11,8 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{runtime, start_engine, EngineArgs, ModelArgs};
-use concord::model::source::DEFAULT_MODEL;
+use super::{runtime, EncoderArgs};
 use concord::tasks::embed;
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -34,16 +33,11 @@ pub struct EmbedArgs {
     /// JSONL field holding the text.
     #[arg(long, default_value = "text")]
     field: String,
-    /// Model folder or hub id.
-    #[arg(long, default_value = DEFAULT_MODEL, env = "CONCORD_MODEL")]
-    model: String,
+    #[command(flatten)]
+    encoder: EncoderArgs,
     /// Texts per request to the engine.
     #[arg(long, default_value_t = 32)]
     chunk_size: usize,
-    #[command(flatten)]
-    model_args: ModelArgs,
-    #[command(flatten)]
-    engine: EngineArgs,
 }
 
 /// One output line. A struct, not a `Value`, so vectors print as f32 rather than widened f64.
@@ -129,7 +123,7 @@ pub fn run(args: EmbedArgs) -> Result<ExitCode> {
     if records.is_empty() {
         bail!("{name}: no texts to embed");
     }
-    let engine = start_engine(&args.model, &args.model_args, &args.engine)?;
+    let engine = args.encoder.start()?;
     let progress = ProgressBar::new(records.len() as u64);
     progress.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} texts  {per_sec}  eta {eta}")

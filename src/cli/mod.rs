@@ -1,7 +1,10 @@
 //! Command-line arguments and their dispatch.
 
 mod embed;
+mod eval;
+mod merge;
 mod models;
+mod train;
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
@@ -34,6 +37,18 @@ enum Command {
     Serve(ServeArgs),
     /// Embed texts from a file or stdin; writes JSONL with one vector per input to stdout.
     Embed(embed::EmbedArgs),
+    /// Three-way merge of BASE, OURS and THEIRS; exit 0 when clean, 1 when conflicts were resolved by suggestion.
+    Merge(merge::MergeArgs),
+    /// Evaluate a task on labelled data and print its metrics.
+    Eval {
+        #[command(subcommand)]
+        command: eval::EvalCommand,
+    },
+    /// Train one of Concord's own models from labelled data.
+    Train {
+        #[command(subcommand)]
+        command: train::TrainCommand,
+    },
     /// List cached models or download one from the Hugging Face Hub.
     Models {
         #[command(subcommand)]
@@ -107,6 +122,24 @@ struct ServeArgs {
     max_input_chars: usize,
 }
 
+/// One model with its device and engine settings, for commands that run a single model.
+#[derive(Args)]
+pub struct EncoderArgs {
+    /// Model folder or hub id.
+    #[arg(long, default_value = DEFAULT_MODEL, env = "CONCORD_MODEL")]
+    model: String,
+    #[command(flatten)]
+    device: ModelArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+impl EncoderArgs {
+    pub fn start(&self) -> Result<Engine> {
+        start_engine(&self.model, &self.device, &self.engine)
+    }
+}
+
 /// Loads `spec` and starts its engine.
 pub fn start_engine(spec: &str, model: &ModelArgs, engine: &EngineArgs) -> Result<Engine> {
     let device = device::parse_device(&model.device)?;
@@ -144,10 +177,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 max_input_chars: args.max_input_chars,
             };
             let addr = SocketAddr::new(args.host, args.port);
-            runtime()?.block_on(server::serve(AppState { models, limits }, addr))?;
+            runtime()?.block_on(server::serve(AppState::new(models, limits), addr))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Embed(args) => embed::run(args),
+        Command::Merge(args) => merge::run(args),
+        Command::Eval { command } => eval::run(command),
+        Command::Train { command } => train::run(command),
         Command::Models { command } => models::run(command),
     }
 }

@@ -3,6 +3,7 @@
 mod embeddings;
 pub mod error;
 mod json;
+mod merge;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::model::ModelInfo;
 use crate::runtime::Models;
+use crate::tasks::merge::Scorer;
 use error::ApiError;
 
 /// Request size limits, enforced before any model work.
@@ -35,6 +37,14 @@ impl Default for Limits {
 pub struct AppState {
     pub models: Models,
     pub limits: Limits,
+    pub merge_scorer: Scorer,
+}
+
+impl AppState {
+    /// State with Concord's shipped task models.
+    pub fn new(models: Models, limits: Limits) -> Self {
+        Self { models, limits, merge_scorer: Scorer::default_model() }
+    }
 }
 
 pub type SharedState = Arc<AppState>;
@@ -45,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/info", get(info))
         .route("/v1/embeddings", post(embeddings::create))
+        .route("/v1/merge", post(merge::create))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

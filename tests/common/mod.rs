@@ -37,7 +37,7 @@ impl TestServer {
         let models = Models::new(vec![engine.clone()]).expect("one model");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
-        let app = server::router(AppState { models, limits });
+        let app = server::router(AppState::new(models, limits));
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.expect("server runs");
         });

@@ -1,0 +1,55 @@
+//! `POST /v1/merge`: three-way merge with ranked resolutions.
+
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::json::ApiJson;
+use super::SharedState;
+use crate::tasks::merge::{self, MergeOptions, MergeOutcome};
+use crate::text::offsets::OffsetUnit;
+use crate::text::segment::Granularity;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergeRequest {
+    base: String,
+    ours: String,
+    theirs: String,
+    #[serde(default)]
+    granularity: Granularity,
+    #[serde(default)]
+    offsets: OffsetUnit,
+    model: Option<String>,
+}
+
+pub async fn create(
+    State(state): State<SharedState>,
+    ApiJson(request): ApiJson<MergeRequest>,
+) -> Result<Json<MergeOutcome>, ApiError> {
+    for (name, text) in [("base", &request.base), ("ours", &request.ours), ("theirs", &request.theirs)] {
+        let chars = text.chars().count();
+        if chars > state.limits.max_input_chars {
+            return Err(ApiError::invalid(
+                "input_too_large",
+                format!("`{name}` has {chars} characters; the limit is {}", state.limits.max_input_chars),
+            ));
+        }
+    }
+    let engine = state.models.get(request.model.as_deref()).ok_or_else(|| {
+        ApiError::not_found("model_not_found", "that model is not loaded; GET /info lists the models")
+    })?;
+    let _admission = engine.admit()?;
+    let options = MergeOptions { granularity: request.granularity, offsets: request.offsets };
+    let outcome = merge::merge(
+        engine,
+        &state.merge_scorer,
+        &request.base,
+        &request.ours,
+        &request.theirs,
+        options,
+    )
+    .await?;
+    Ok(Json(outcome))
+}

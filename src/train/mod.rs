@@ -1,0 +1,4 @@
+//! Training of Concord's own small models (scorers and heads over the shared encoder).
+
+pub mod logistic;
+pub mod merge;
