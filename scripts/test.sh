@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${CONCORD_HOME:-$HOME/.cache/concord}/target}"
 ./scripts/fetch-models.sh
-cargo test --release --locked "$@"
+cargo test --release --locked --no-fail-fast "$@"

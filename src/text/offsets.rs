@@ -75,9 +75,9 @@ mod tests {
 
     #[test]
     fn counts_differ_as_expected() {
-        // 😀 is 4 bytes, 1 char, 2 UTF-16 units; 漢 is 3 bytes, 1 char, 1 unit.
+        // 😀 is 4 bytes, 1 char, 2 UTF-16 units; 漢 is 3 bytes, 1 unit; the combining accent 2 bytes, 1 unit.
         let end = TEXT.len();
-        assert_eq!(from_byte(TEXT, end, OffsetUnit::Utf8), 14);
+        assert_eq!(from_byte(TEXT, end, OffsetUnit::Utf8), 13);
         assert_eq!(from_byte(TEXT, end, OffsetUnit::Char), 7);
         assert_eq!(from_byte(TEXT, end, OffsetUnit::Utf16), 8);
     }
