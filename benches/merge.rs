@@ -30,8 +30,10 @@ fn documents() -> (String, String, String) {
     let (mut ours, mut theirs) = (sentences.clone(), sentences.clone());
     for k in 0..10 {
         let shared = k * n / 10;
-        ours[shared] = format!("We now say: {}", ours[shared]);
-        theirs[shared] = format!("Instead, {}", theirs[shared]);
+        // Both sides replace the same first word differently: one conflict each.
+        let rest = sentences[shared].split_once(' ').map_or("", |(_, rest)| rest);
+        ours[shared] = format!("Ourversion{k} {rest}");
+        theirs[shared] = format!("Theirversion{k} {rest}");
         ours[shared + 2] = format!("{} (ours)", ours[shared + 2]);
         theirs[shared + 4] = format!("{} (theirs)", theirs[shared + 4]);
     }

@@ -3,16 +3,18 @@
 # batching on (the defaults) and off (--max-batch-size 1), side by side in one run.
 # Prints sentences/s and p50/p95/p99 latency for each. Installs wrk (Debian) when missing.
 #
-# Usage: scripts/bench-http.sh [--connections 32] [--duration 20] [--sentences FILE]
+# Usage: scripts/bench-http.sh [--connections 32] [--duration 20] [--sentences FILE] [--sweep]
+#   --sweep also measures other batch windows and sizes (used to choose the defaults).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-connections=32; duration=20
+connections=32; duration=20; sweep=0
 sentences=../shared/bench/peers/workload/sentences.txt
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --connections) connections=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
     --sentences) sentences=$2; shift 2 ;;
+    --sweep) sweep=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -49,3 +51,7 @@ run_case() {
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, load1 $(cut -d' ' -f1 /proc/loadavg)"
 run_case batching
 run_case no-batching --max-batch-size 1
+if [[ $sweep == 1 ]]; then
+  for wait in 0 5; do run_case "wait-${wait}ms" --max-batch-wait-ms "$wait"; done
+  for size in 8 16 32; do run_case "size-$size" --max-batch-size "$size"; done
+fi

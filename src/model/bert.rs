@@ -4,9 +4,11 @@
 //! RoBERTa differs only in where positions start (after the padding index) and in having a single
 //! token type, so one struct serves both.
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
+
+use super::kernels;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -76,23 +78,9 @@ impl Embeddings {
         })
     }
 
-    fn forward(&self, input_ids: &Tensor, type_ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let (_, seq_len) = input_ids.dims2()?;
-        let positions = match self.position_offset {
-            // RoBERTa: padded positions keep the padding index, real tokens count from it + 1.
-            Some(pad) => {
-                let mask = mask.to_dtype(DType::U32)?;
-                let cumulative = mask.to_dtype(DType::F32)?.cumsum(1)?.to_dtype(DType::U32)?;
-                ((cumulative * &mask)? + pad as f64)?
-            }
-            None => Tensor::arange(0u32, seq_len as u32, input_ids.device())?
-                .unsqueeze(0)?
-                .broadcast_as(input_ids.shape())?
-                .contiguous()?,
-        };
-        let words = self.word.forward(input_ids)?;
-        let xs = (words + self.token_type.forward(type_ids)?)?;
-        let xs = (xs + self.position.forward(&positions)?)?;
+    fn forward(&self, input_ids: &Tensor, type_ids: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        let xs = (self.word.forward(input_ids)? + self.token_type.forward(type_ids)?)?;
+        let xs = (xs + self.position.forward(positions)?)?;
         self.layer_norm.forward(&xs)
     }
 }
@@ -127,23 +115,45 @@ impl SelfAttention {
         })
     }
 
-    fn forward(&self, xs: &Tensor, mask_bias: &Tensor) -> Result<Tensor> {
-        let (b, t, h) = xs.dims3()?;
-        let qkv = self
-            .qkv
-            .forward(xs)?
-            .reshape((b, t, 3, self.num_heads, self.head_dim))?
-            .permute((2, 0, 3, 1, 4))?;
+    /// `xs`: `[tokens, hidden]`, the sequences of `lengths` packed end to end. Each sequence
+    /// attends only to itself, so no padding and no mask are needed.
+    fn forward(&self, xs: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+        let (_, h) = xs.dims2()?;
+        let qkv = self.qkv.forward(xs)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let q = (qkv.get(0)? * scale)?.contiguous()?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(mask_bias)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
+        let mut contexts = Vec::new();
+        let mut start = 0;
+        // Runs of equal length share one batched attention; the batcher sorts by length, so
+        // most batches are a few runs.
+        for (length, count) in equal_length_runs(lengths) {
+            let tokens = length * count;
+            let run = qkv
+                .narrow(0, start, tokens)?
+                .reshape((count, length, 3, self.num_heads, self.head_dim))?
+                .permute((2, 0, 3, 1, 4))?;
+            let q = (run.get(0)? * scale)?.contiguous()?;
+            let k = run.get(1)?.contiguous()?;
+            let v = run.get(2)?.contiguous()?;
+            let probs = kernels::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+            contexts.push(probs.matmul(&v)?.transpose(1, 2)?.reshape((tokens, h))?);
+            start += tokens;
+        }
+        let context = if contexts.len() == 1 { contexts.remove(0) } else { Tensor::cat(&contexts, 0)? };
         let out = self.output.forward(&context)?;
         self.layer_norm.forward(&(out + xs)?)
     }
+}
+
+/// `(length, count)` for each run of consecutive equal lengths.
+fn equal_length_runs(lengths: &[usize]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for &length in lengths {
+        match runs.last_mut() {
+            Some((l, count)) if *l == length => *count += 1,
+            _ => runs.push((length, 1)),
+        }
+    }
+    runs
 }
 
 struct FeedForward {
@@ -166,7 +176,7 @@ impl FeedForward {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let hidden = self.intermediate.forward(xs)?;
         let hidden = match self.act {
-            HiddenAct::Gelu => hidden.gelu_erf()?,
+            HiddenAct::Gelu => kernels::gelu_erf(&hidden)?,
             HiddenAct::GeluNew | HiddenAct::GeluPytorchTanh => hidden.gelu()?,
             HiddenAct::Relu => hidden.relu()?,
         };
@@ -207,31 +217,28 @@ impl BertModel {
         Ok(Self { embeddings, layers })
     }
 
-    /// `input_ids`, `type_ids`, `mask`: `[batch, seq]` u32, mask 1 for real tokens.
-    /// Returns `[batch, seq, hidden]`.
-    pub fn forward(&self, input_ids: &Tensor, type_ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let mut xs = self.embeddings.forward(input_ids, type_ids, mask)?;
-        let bias = additive_mask(mask, xs.dtype())?;
+    /// Runs sequences packed end to end: `input_ids` and `type_ids` are `[tokens]` u32, and
+    /// `lengths` says where each sequence ends. Returns `[tokens, hidden]`.
+    pub fn forward_packed(&self, input_ids: &Tensor, type_ids: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+        let offset = self.embeddings.position_offset.map_or(0, |pad| pad + 1);
+        let positions: Vec<u32> = lengths.iter().flat_map(|&len| offset..offset + len as u32).collect();
+        let positions = Tensor::from_vec(positions, input_ids.dims1()?, input_ids.device())?;
+        let mut xs = self.embeddings.forward(input_ids, type_ids, &positions)?;
         for layer in &self.layers {
-            xs = layer.attention.forward(&xs, &bias)?;
+            xs = layer.attention.forward(&xs, lengths)?;
             xs = layer.feed_forward.forward(&xs)?;
         }
         Ok(xs)
     }
 }
 
-/// `[batch, seq]` 1/0 mask → `[batch, 1, 1, seq]` bias: 0 for tokens, a large negative for padding.
-pub fn additive_mask(mask: &Tensor, dtype: DType) -> Result<Tensor> {
-    let (b, t) = mask.dims2()?;
-    let keep = mask.to_dtype(DType::F32)?;
-    let bias = ((keep - 1.0)? * 1e4)?;
-    bias.reshape((b, 1, 1, t))?.to_dtype(dtype)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Mean of the token states where `mask` is 1: `[batch, seq, hidden]` → `[batch, hidden]`.
-pub fn masked_mean(states: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let mask = mask.to_dtype(states.dtype())?.unsqueeze(D::Minus1)?;
-    let summed = states.broadcast_mul(&mask)?.sum(1)?;
-    let counts = mask.sum(1)?.clamp(1e-9, f64::MAX)?;
-    summed.broadcast_div(&counts)
+    #[test]
+    fn runs_group_consecutive_equal_lengths() {
+        assert_eq!(equal_length_runs(&[3, 3, 5, 5, 5, 3]), vec![(3, 2), (5, 3), (3, 1)]);
+        assert!(equal_length_runs(&[]).is_empty());
+    }
 }

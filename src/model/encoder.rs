@@ -9,6 +9,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::{debertav2, distilbert};
 
 use super::bert;
+use super::Tokenized;
 
 /// The architectures Concord runs; `model_type` values map onto these.
 pub enum Architecture {
@@ -92,21 +93,76 @@ impl Encoder {
         Ok(Self { arch, model_type, hidden_size, max_positions, device: device.clone(), dtype })
     }
 
-    /// Runs the encoder. `ids`, `type_ids`, `mask`: `[batch, seq]` u32 (mask 1 for real tokens).
-    /// Returns `[batch, seq, hidden]` hidden states in f32.
-    pub fn forward(&self, ids: &Tensor, type_ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let states = match &self.arch {
-            Architecture::Bert(model) => model.forward(ids, type_ids, mask)?,
+    /// Runs the encoder on a batch; returns each sequence's hidden states, `[len, hidden]` f32.
+    pub fn forward(&self, batch: &[&Tokenized]) -> Result<Vec<Tensor>> {
+        match &self.arch {
+            Architecture::Bert(model) => {
+                // Packed: no padding work at all, whatever the spread of lengths.
+                let ids: Vec<u32> = batch.iter().flat_map(|t| t.ids.iter().copied()).collect();
+                let type_ids: Vec<u32> = batch.iter().flat_map(|t| t.type_ids.iter().copied()).collect();
+                let lengths: Vec<usize> = batch.iter().map(|t| t.ids.len()).collect();
+                let total = ids.len();
+                let ids = Tensor::from_vec(ids, total, &self.device)?;
+                let type_ids = Tensor::from_vec(type_ids, total, &self.device)?;
+                let states = model.forward_packed(&ids, &type_ids, &lengths)?.to_dtype(DType::F32)?;
+                let mut start = 0;
+                lengths
+                    .iter()
+                    .map(|&len| {
+                        let seq = states.narrow(0, start, len)?;
+                        start += len;
+                        Ok(seq)
+                    })
+                    .collect()
+            }
             Architecture::DistilBert(model) => {
+                let padded = self.pad(batch)?;
                 // DistilBERT's mask marks what to hide, the inverse of the usual convention.
-                let (b, t) = mask.dims2()?;
-                let hide = mask.eq(0u32)?.reshape((b, 1, 1, t))?;
-                model.forward(ids, &hide)?
+                let (n, longest) = padded.mask.dims2()?;
+                let hide = padded.mask.eq(0u32)?.reshape((n, 1, 1, longest))?;
+                split_padded(&model.forward(&padded.ids, &hide)?, batch)
             }
             Architecture::DebertaV2(model) => {
-                model.forward(ids, Some(type_ids.clone()), Some(mask.to_dtype(DType::I64)?))?
+                let padded = self.pad(batch)?;
+                let mask = padded.mask.to_dtype(DType::I64)?;
+                split_padded(&model.forward(&padded.ids, Some(padded.type_ids), Some(mask))?, batch)
             }
-        };
-        Ok(states.to_dtype(DType::F32)?)
+        }
     }
+
+    /// Pads to the longest sequence, for architectures that take a mask.
+    fn pad(&self, batch: &[&Tokenized]) -> Result<Padded> {
+        let n = batch.len();
+        let longest = batch.iter().map(|t| t.ids.len()).max().unwrap_or(0).max(1);
+        let mut ids = vec![0u32; n * longest];
+        let mut type_ids = vec![0u32; n * longest];
+        let mut mask = vec![0u32; n * longest];
+        for (row, tokens) in batch.iter().enumerate() {
+            let at = row * longest;
+            ids[at..at + tokens.ids.len()].copy_from_slice(&tokens.ids);
+            type_ids[at..at + tokens.type_ids.len()].copy_from_slice(&tokens.type_ids);
+            mask[at..at + tokens.ids.len()].fill(1);
+        }
+        Ok(Padded {
+            ids: Tensor::from_vec(ids, (n, longest), &self.device)?,
+            type_ids: Tensor::from_vec(type_ids, (n, longest), &self.device)?,
+            mask: Tensor::from_vec(mask, (n, longest), &self.device)?,
+        })
+    }
+}
+
+struct Padded {
+    ids: Tensor,
+    type_ids: Tensor,
+    mask: Tensor,
+}
+
+/// `[batch, longest, hidden]` → each sequence's `[len, hidden]` f32 states, padding dropped.
+fn split_padded(states: &Tensor, batch: &[&Tokenized]) -> Result<Vec<Tensor>> {
+    let states = states.to_dtype(DType::F32)?;
+    batch
+        .iter()
+        .enumerate()
+        .map(|(row, t)| Ok(states.get(row)?.narrow(0, 0, t.ids.len())?))
+        .collect()
 }

@@ -4,6 +4,7 @@
 pub mod bert;
 pub mod device;
 pub mod encoder;
+pub mod kernels;
 pub mod source;
 pub mod tokenize;
 
@@ -58,11 +59,11 @@ impl Pooling {
         })
     }
 
-    /// `[batch, seq, hidden]` states and `[batch, seq]` mask → `[batch, hidden]`.
-    pub fn apply(self, states: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    /// One sequence's `[len, hidden]` states → `[hidden]`.
+    pub fn apply(self, states: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Pooling::Mean => bert::masked_mean(states, mask),
-            Pooling::Cls => states.narrow(1, 0, 1)?.squeeze(1),
+            Pooling::Mean => states.mean(0),
+            Pooling::Cls => states.get(0),
         }
     }
 }

@@ -62,7 +62,8 @@ impl Runner {
             }
         }
         let BatchLimits { max_tokens, max_items } = self.config.batch;
-        if self.config.max_batch_wait.is_zero() || max_items <= 1 {
+        // A lone request runs at once: waiting only pays when others are arriving too.
+        if self.config.max_batch_wait.is_zero() || max_items <= 1 || pending.len() < 2 {
             return;
         }
         let deadline = Instant::now() + self.config.max_batch_wait;
@@ -114,36 +115,16 @@ impl Runner {
         }
     }
 
-    /// Pads `batch` to its longest item, runs the encoder, pools (normalisation is per item).
+    /// Runs the encoder on `batch` and pools each sequence (normalisation is per item).
     pub fn forward(&self, batch: &[&Tokenized], want: Want) -> Result<BatchOutput> {
-        let device = &self.encoder.device;
-        let n = batch.len();
-        let longest = batch.iter().map(|t| t.ids.len()).max().unwrap_or(0).max(1);
-        let mut ids = vec![0u32; n * longest];
-        let mut type_ids = vec![0u32; n * longest];
-        let mut mask = vec![0u32; n * longest];
-        for (row, tokens) in batch.iter().enumerate() {
-            let at = row * longest;
-            ids[at..at + tokens.ids.len()].copy_from_slice(&tokens.ids);
-            type_ids[at..at + tokens.type_ids.len()].copy_from_slice(&tokens.type_ids);
-            mask[at..at + tokens.ids.len()].fill(1);
-        }
-        let ids = Tensor::from_vec(ids, (n, longest), device)?;
-        let type_ids = Tensor::from_vec(type_ids, (n, longest), device)?;
-        let mask = Tensor::from_vec(mask, (n, longest), device)?;
-        let states = self.encoder.forward(&ids, &type_ids, &mask)?;
-        let pooled = self.pooling.apply(&states, &mask)?.to_vec2::<f32>()?;
+        let states = self.encoder.forward(batch)?;
+        let pooled = states
+            .iter()
+            .map(|s| self.pooling.apply(s))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let pooled = Tensor::stack(&pooled, 0)?.to_vec2::<f32>()?;
         let states = if want.token_states {
-            let all = states.to_vec3::<f32>()?;
-            Some(
-                all.into_iter()
-                    .zip(batch)
-                    .map(|(mut rows, tokens)| {
-                        rows.truncate(tokens.ids.len());
-                        rows
-                    })
-                    .collect(),
-            )
+            Some(states.iter().map(|s| s.to_vec2::<f32>()).collect::<candle_core::Result<Vec<_>>>()?)
         } else {
             None
         };

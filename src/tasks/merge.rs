@@ -277,6 +277,57 @@ async fn embed_three(engine: &Engine, texts: [&str; 3]) -> Result<[Vec<f32>; 3],
     Ok(out)
 }
 
+/// Bytes of unchanged text kept on each side of an edit, so the encoder sees it in context.
+const EDIT_CONTEXT_BYTES: usize = 60;
+
+/// The encoder reads at most this much of each edited text (about 128 tokens of prose): enough
+/// for the similarity signals, and it bounds a merge's model time whatever the document size.
+const SIGNAL_TEXT_BYTES: usize = 600;
+
+/// The edited parts of each version with a little context, joined: what the encoder compares.
+/// Encoding only the edits keeps long documents fast and the signal about the edits themselves.
+fn edited_text(regions: &[Region], base: &str, ours: &str, theirs: &str) -> (String, String, String) {
+    let mut out = (String::new(), String::new(), String::new());
+    for (i, region) in regions.iter().enumerate() {
+        if region.kind == RegionKind::Unchanged {
+            continue;
+        }
+        let before = i.checked_sub(1).map(|j| &regions[j]).filter(|r| r.kind == RegionKind::Unchanged);
+        let after = regions.get(i + 1).filter(|r| r.kind == RegionKind::Unchanged);
+        let lead = before.map_or("", |r| tail(&base[r.base.clone()], EDIT_CONTEXT_BYTES));
+        let trail = after.map_or("", |r| head(&base[r.base.clone()], EDIT_CONTEXT_BYTES));
+        for (target, text) in [
+            (&mut out.0, &base[region.base.clone()]),
+            (&mut out.1, &ours[region.ours.clone()]),
+            (&mut out.2, &theirs[region.theirs.clone()]),
+        ] {
+            if !target.is_empty() {
+                target.push_str(" … ");
+            }
+            target.push_str(lead);
+            target.push_str(text);
+            target.push_str(trail);
+        }
+    }
+    out
+}
+
+fn head(text: &str, bytes: usize) -> &str {
+    let mut end = bytes.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+fn tail(text: &str, bytes: usize) -> &str {
+    let mut start = text.len().saturating_sub(bytes);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
 /// Computes the scorer's signals for a triple and its diff3 regions.
 pub async fn signals(
     engine: &Engine,
@@ -285,7 +336,16 @@ pub async fn signals(
     theirs: &str,
     regions: &[Region],
 ) -> Result<Signals, EngineError> {
-    let [eb, eo, et] = embed_three(engine, [base, ours, theirs]).await?;
+    let (edited_base, edited_ours, edited_theirs) = edited_text(regions, base, ours, theirs);
+    let [eb, eo, et] = embed_three(
+        engine,
+        [
+            head(&edited_base, SIGNAL_TEXT_BYTES),
+            head(&edited_ours, SIGNAL_TEXT_BYTES),
+            head(&edited_theirs, SIGNAL_TEXT_BYTES),
+        ],
+    )
+    .await?;
     let conflicts: Vec<&Region> = regions.iter().filter(|r| r.kind == RegionKind::Conflict).collect();
     let conflict_bytes: usize = conflicts.iter().map(|r| r.ours.len() + r.theirs.len()).sum();
     let (no, nt) = (normalize_ws(ours), normalize_ws(theirs));

@@ -1,0 +1,183 @@
+//! CPU fast paths for the two element-wise hot spots the profile showed (benches/RESULTS.md):
+//! exact-erf GELU and softmax, both of which candle computes one scalar `expf`/`erff` call at a
+//! time. Here they are branch-free polynomial approximations that LLVM vectorises, compiled for
+//! AVX-512 and AVX2 and picked at run time. Other devices and dtypes use candle's own ops.
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+
+/// `0.5·x·(1 + erf(x/√2))`; candle's `gelu_erf` elsewhere.
+pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
+    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+        xs.apply_op1_no_bwd(&GeluErf)
+    } else {
+        xs.gelu_erf()
+    }
+}
+
+/// Softmax over the last dimension; candle's `softmax_last_dim` elsewhere.
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+        xs.contiguous()?.apply_op1_no_bwd(&SoftmaxLastDim)
+    } else {
+        candle_nn::ops::softmax_last_dim(xs)
+    }
+}
+
+/// e^x for x ≤ 0 (larger inputs are clamped at 0): relative error below 2e-7.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 0.0);
+    // x = n·ln2 + r with |r| ≤ ln2/2; e^x = 2^n · e^r.
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_63 + r * (0.008_333_45 + r * 0.001_394_4)))));
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    p * scale
+}
+
+/// erf(x), Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7).
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152 + t * 1.061_405_4))));
+    let y = 1.0 - poly * exp_nonpositive(-a * a);
+    y.copysign(x)
+}
+
+#[inline(always)]
+fn gelu_slice_generic(src: &[f32], dst: &mut [f32]) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
+#[inline(always)]
+fn softmax_rows_generic(src: &[f32], dst: &mut [f32], width: usize) {
+    for (row, out) in src.chunks_exact(width).zip(dst.chunks_exact_mut(width)) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for (o, &x) in out.iter_mut().zip(row) {
+            let e = exp_nonpositive(x - max);
+            *o = e;
+            sum += e;
+        }
+        let inv = 1.0 / sum;
+        out.iter_mut().for_each(|o| *o *= inv);
+    }
+}
+
+/// Compiles `$generic` for AVX-512 and AVX2+FMA and calls the best one this CPU has.
+macro_rules! dispatch {
+    ($generic:ident, $($arg:expr),*) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512(src: &[f32], dst: &mut [f32], extra: usize) { $generic(src, dst, extra) }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2(src: &[f32], dst: &mut [f32], extra: usize) { $generic(src, dst, extra) }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports the features the function was compiled for.
+                return unsafe { avx512($($arg),*) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                // SAFETY: as above.
+                return unsafe { avx2($($arg),*) };
+            }
+        }
+        $generic($($arg),*)
+    }};
+}
+
+#[inline(always)]
+fn gelu_generic(src: &[f32], dst: &mut [f32], _unused: usize) {
+    gelu_slice_generic(src, dst)
+}
+
+fn gelu_slice(src: &[f32], dst: &mut [f32]) {
+    dispatch!(gelu_generic, src, dst, 0)
+}
+
+fn softmax_rows(src: &[f32], dst: &mut [f32], width: usize) {
+    dispatch!(softmax_rows_generic, src, dst, width)
+}
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let data = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("fast kernels need contiguous input"),
+    }
+}
+
+struct GeluErf;
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "concord-gelu-erf"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let src = contiguous_f32(storage, layout)?;
+        let mut dst = vec![0f32; src.len()];
+        gelu_slice(src, &mut dst);
+        Ok((CpuStorage::F32(dst), layout.shape().clone()))
+    }
+}
+
+struct SoftmaxLastDim;
+
+impl CustomOp1 for SoftmaxLastDim {
+    fn name(&self) -> &'static str {
+        "concord-softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let src = contiguous_f32(storage, layout)?;
+        let width = layout.shape().dims().last().copied().unwrap_or(1).max(1);
+        let mut dst = vec![0f32; src.len()];
+        softmax_rows(src, &mut dst, width);
+        Ok((CpuStorage::F32(dst), layout.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn sample() -> Tensor {
+        let values: Vec<f32> = (0..4096).map(|i| (i as f32 - 2048.0) / 190.0).collect();
+        Tensor::from_vec(values, (16, 256), &Device::Cpu).expect("tensor")
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).expect("sub").abs().expect("abs").flatten_all().expect("flat").max(0).expect("max").to_scalar().expect("scalar")
+    }
+
+    #[test]
+    fn gelu_matches_candle_exact_erf() {
+        let xs = sample();
+        let diff = max_abs_diff(&gelu_erf(&xs).expect("fast"), &xs.gelu_erf().expect("candle"));
+        assert!(diff < 2e-6, "max difference {diff}");
+    }
+
+    #[test]
+    fn softmax_matches_candle() {
+        let xs = (sample() * 7.0).expect("scale");
+        let ours = softmax_last_dim(&xs).expect("fast");
+        let diff = max_abs_diff(&ours, &candle_nn::ops::softmax_last_dim(&xs).expect("candle"));
+        assert!(diff < 1e-6, "max difference {diff}");
+        let sums: Vec<f32> = ours.sum(1).expect("sum").to_vec1().expect("vec");
+        assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5), "{sums:?}");
+    }
+
+    #[test]
+    fn extreme_inputs_stay_finite() {
+        let xs = Tensor::new(&[[-1e30f32, 0.0, 1e30, -87.5, 88.0]], &Device::Cpu).expect("tensor");
+        for out in [gelu_erf(&xs).expect("gelu"), softmax_last_dim(&xs).expect("softmax")] {
+            let values: Vec<f32> = out.flatten_all().expect("flat").to_vec1().expect("vec");
+            assert!(values.iter().all(|v| v.is_finite()), "{values:?}");
+        }
+    }
+}
