@@ -30,6 +30,24 @@ pub struct Encoder {
     pub dtype: DType,
 }
 
+/// Which implementation a `model_type` runs on.
+enum Family {
+    Bert,
+    DistilBert,
+    DebertaV2,
+}
+
+impl Family {
+    fn of(model_type: &str) -> Option<Self> {
+        match model_type {
+            "bert" | "roberta" | "xlm-roberta" | "camembert" => Some(Family::Bert),
+            "distilbert" => Some(Family::DistilBert),
+            "deberta-v2" => Some(Family::DebertaV2),
+            _ => None,
+        }
+    }
+}
+
 /// The subset of `config.json` that selects an architecture and sizes the encoder.
 #[derive(serde::Deserialize)]
 struct CommonConfig {
@@ -45,18 +63,24 @@ impl Encoder {
             .with_context(|| format!("reading {}", config_path.display()))?;
         let common: CommonConfig = serde_json::from_str(&raw)
             .with_context(|| format!("{} has no usable model_type", config_path.display()))?;
+        let Some(family) = Family::of(&common.model_type) else {
+            bail!(
+                "model_type '{}' is not supported (supported: bert, roberta, xlm-roberta, camembert, distilbert, deberta-v2)",
+                common.model_type
+            );
+        };
         let weights = dir.join("model.safetensors");
         // SAFETY: the file is memory-mapped read-only; Concord never writes model files while serving.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], dtype, device) }
             .with_context(|| format!("mapping {}", weights.display()))?;
         let model_type = common.model_type.clone();
-        let (arch, hidden_size) = match model_type.as_str() {
-            "bert" | "roberta" | "xlm-roberta" | "camembert" => {
+        let (arch, hidden_size) = match family {
+            Family::Bert => {
                 let cfg: bert::Config = serde_json::from_str(&raw).context("parsing BERT config")?;
                 let hidden = cfg.hidden_size;
                 (Architecture::Bert(bert::BertModel::load(vb, &cfg)?), hidden)
             }
-            "distilbert" => {
+            Family::DistilBert => {
                 let cfg: distilbert::Config =
                     serde_json::from_str(&raw).context("parsing DistilBERT config")?;
                 let hidden = cfg.dim;
@@ -67,7 +91,7 @@ impl Encoder {
                 };
                 (Architecture::DistilBert(distilbert::DistilBertModel::load(vb, &cfg)?), hidden)
             }
-            "deberta-v2" => {
+            Family::DebertaV2 => {
                 let cfg: debertav2::Config =
                     serde_json::from_str(&raw).context("parsing DeBERTa-v2 config")?;
                 let hidden = cfg.hidden_size;
@@ -78,9 +102,6 @@ impl Encoder {
                 };
                 (Architecture::DebertaV2(debertav2::DebertaV2Model::load(vb, &cfg)?), hidden)
             }
-            other => bail!(
-                "model_type '{other}' is not supported (supported: bert, roberta, xlm-roberta, camembert, distilbert, deberta-v2)"
-            ),
         };
         let positions = common.max_position_embeddings.unwrap_or(512);
         // RoBERTa-style position tables reserve the first pad_token_id + 1 rows.
