@@ -41,6 +41,7 @@ fn documents() -> (String, String, String) {
 }
 
 fn merge_latency(c: &mut Criterion) {
+    concord::runtime::pin_cpu_threads();
     let dir = source::resolve(DEFAULT_MODEL).expect("run scripts/fetch-models.sh first");
     let model = EmbeddingModel::load(dir.to_str().expect("utf-8 path"), &Device::Cpu, DType::F32)
         .expect("model loads");

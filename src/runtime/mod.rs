@@ -20,6 +20,19 @@ pub use registry::Models;
 
 use crate::model::{EmbeddingModel, ModelInfo, TextTokenizer, Tokenized};
 
+/// Pins candle's CPU thread count for the process, once, before any thread starts.
+///
+/// Without `RAYON_NUM_THREADS`, candle re-reads `/proc/cpuinfo` on every matmul to count cores
+/// (about 40 file reads per forward pass, measurable at batch 1). Call it first thing in `main`,
+/// while the process is single-threaded; an explicit setting wins.
+pub fn pin_cpu_threads() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return;
+    }
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+}
+
 /// How the engine batches and admits work.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
