@@ -55,10 +55,16 @@ impl Drop for TestServer {
     }
 }
 
-/// The shared data folder beside the repository.
+/// The shared data folder: `$CONCORD_SHARED_DIR`, else `../shared` beside the repository.
 pub fn shared_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("shared");
-    assert!(dir.is_dir(), "../shared is missing: the tests read reference data from it");
+    let dir = std::env::var_os("CONCORD_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("shared"));
+    assert!(
+        dir.is_dir(),
+        "{} is missing: the tests read reference data from it (set CONCORD_SHARED_DIR to move it)",
+        dir.display()
+    );
     dir
 }
 
