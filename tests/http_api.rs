@@ -168,3 +168,20 @@ async fn full_engine_answers_429_with_retry_after() {
     drop(held);
     assert_still_serving(&server).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_and_batches() {
+    let server = TestServer::start(EngineConfig::default(), Limits::default()).await;
+    assert_still_serving(&server).await;
+    let response = reqwest::get(server.url("/metrics")).await.expect("metrics");
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.expect("text");
+    assert!(
+        text.lines().any(|l| l.starts_with("concord_http_requests_total")
+            && l.contains("route=\"/v1/embeddings\"")
+            && l.contains("status=\"200\"")),
+        "{text}"
+    );
+    assert!(text.contains("concord_batch_items_bucket"), "{text}");
+    assert!(text.contains("concord_forward_duration_seconds_bucket"), "{text}");
+}

@@ -38,7 +38,9 @@ impl Runner {
             }
             self.gather(&queue, &mut pending);
             // A caller that went away no longer needs its answer: skip the work.
+            let before = pending.len();
             pending.retain(|item| !item.reply.is_closed());
+            metrics::counter!("concord_cancelled_items_total").increment((before - pending.len()) as u64);
             if pending.is_empty() {
                 continue;
             }
@@ -88,7 +90,13 @@ impl Runner {
             token_states: batch.iter().any(|i| i.want.token_states),
         };
         let tokens: Vec<&Tokenized> = batch.iter().map(|i| &i.tokens).collect();
-        match self.forward(&tokens, want) {
+        let token_count: usize = tokens.iter().map(|t| t.ids.len()).sum();
+        metrics::histogram!("concord_batch_items").record(batch.len() as f64);
+        metrics::counter!("concord_batch_tokens_total").increment(token_count as u64);
+        let started = Instant::now();
+        let result = self.forward(&tokens, want);
+        metrics::histogram!("concord_forward_duration_seconds").record(started.elapsed().as_secs_f64());
+        match result {
             Ok(output) => {
                 let mut states = output.states.map(|s| s.into_iter());
                 for (item, pooled) in batch.into_iter().zip(output.pooled) {

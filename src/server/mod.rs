@@ -4,6 +4,7 @@ mod embeddings;
 pub mod error;
 mod json;
 mod merge;
+mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,14 +52,17 @@ pub type SharedState = Arc<AppState>;
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
+    metrics::handle();
     Router::new()
         .route("/health", get(health))
         .route("/info", get(info))
+        .route("/metrics", get(metrics::render))
         .route("/v1/embeddings", post(embeddings::create))
         .route("/v1/merge", post(merge::create))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(metrics::track))
         .layer(TraceLayer::new_for_http())
         .with_state(Arc::new(state))
 }
