@@ -185,3 +185,16 @@ async fn metrics_count_requests_and_batches() {
     assert!(text.contains("concord_batch_items_bucket"), "{text}");
     assert!(text.contains("concord_forward_duration_seconds_bucket"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_describes_every_route() {
+    let server = TestServer::start(EngineConfig::default(), Limits::default()).await;
+    let doc: Value = reqwest::get(server.url("/openapi.json")).await.expect("openapi").json().await.expect("json");
+    for path in ["/health", "/info", "/v1/embeddings", "/v1/merge"] {
+        assert!(doc["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
+    }
+    for schema in ["EmbeddingsRequest", "MergeOutcome", "ErrorBody"] {
+        assert!(doc["components"]["schemas"].get(schema).is_some(), "{schema} missing");
+    }
+    assert_eq!(doc["paths"]["/v1/embeddings"]["post"]["responses"]["429"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ErrorBody");
+}

@@ -18,7 +18,7 @@ pub use encoder::Encoder;
 pub use tokenize::{TextTokenizer, Tokenized};
 
 /// How a sentence vector is made from token states (sentence-transformers' `1_Pooling`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Pooling {
     Mean,
@@ -74,9 +74,10 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
 }
 
 /// Public facts about a loaded model, as `/info` reports them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ModelInfo {
     pub id: String,
+    #[schema(value_type = String)]
     pub path: PathBuf,
     pub model_type: String,
     pub dimensions: usize,

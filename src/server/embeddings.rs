@@ -5,13 +5,15 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::error::ApiError;
+use super::error::{ApiError, Body as ErrorBody};
 use super::json::ApiJson;
 use super::{Limits, SharedState};
 use crate::tasks::embed;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingsRequest {
+    /// A string or an array of strings.
+    #[schema(value_type = Object)]
     input: Value,
     model: Option<String>,
     encoding_format: Option<String>,
@@ -24,7 +26,7 @@ fn default_truncate() -> bool {
     true
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct EmbeddingsResponse {
     object: &'static str,
     data: Vec<EmbeddingObject>,
@@ -35,15 +37,15 @@ pub struct EmbeddingsResponse {
     truncated: Vec<usize>,
 }
 
-#[derive(Serialize)]
-struct EmbeddingObject {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EmbeddingObject {
     object: &'static str,
     index: usize,
     embedding: Vec<f32>,
 }
 
-#[derive(Serialize)]
-struct Usage {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Usage {
     prompt_tokens: usize,
     total_tokens: usize,
 }
@@ -94,6 +96,15 @@ pub fn validate_texts(input: Value, limits: &Limits) -> Result<Vec<String>, ApiE
     Ok(texts)
 }
 
+#[utoipa::path(post, path = "/v1/embeddings", request_body = EmbeddingsRequest,
+    responses(
+        (status = 200, body = EmbeddingsResponse),
+        (status = 400, description = "malformed JSON or wrong types", body = ErrorBody),
+        (status = 404, description = "unknown model", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 422, description = "empty, too many or too long inputs", body = ErrorBody),
+        (status = 429, description = "overloaded; see Retry-After", body = ErrorBody),
+    ))]
 pub async fn create(
     State(state): State<SharedState>,
     ApiJson(request): ApiJson<EmbeddingsRequest>,

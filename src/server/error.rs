@@ -15,13 +15,17 @@ pub struct ApiError {
     retry_after_s: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// The error body every route returns.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorBody)]
+pub struct Body<'a> {
     error: Detail<'a>,
 }
 
-#[derive(Serialize)]
-struct Detail<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorDetail)]
+pub struct Detail<'a> {
+    /// Stable and machine-readable: `invalid_json`, `empty_input`, `overloaded`, ...
     code: &'a str,
     message: &'a str,
 }

@@ -4,14 +4,14 @@ use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
 
-use super::error::ApiError;
+use super::error::{ApiError, Body as ErrorBody};
 use super::json::ApiJson;
 use super::SharedState;
 use crate::tasks::merge::{self, MergeOptions, MergeOutcome};
 use crate::text::offsets::OffsetUnit;
 use crate::text::segment::Granularity;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MergeRequest {
     base: String,
@@ -24,6 +24,14 @@ pub struct MergeRequest {
     model: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/merge", request_body = MergeRequest,
+    responses(
+        (status = 200, body = MergeOutcome),
+        (status = 400, description = "malformed JSON, missing fields, unknown granularity", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 422, description = "a side is too long", body = ErrorBody),
+        (status = 429, description = "overloaded; see Retry-After", body = ErrorBody),
+    ))]
 pub async fn create(
     State(state): State<SharedState>,
     ApiJson(request): ApiJson<MergeRequest>,

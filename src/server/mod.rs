@@ -22,7 +22,7 @@ use crate::tasks::merge::Scorer;
 use error::ApiError;
 
 /// Request size limits, enforced before any model work.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 pub struct Limits {
     pub max_body_bytes: usize,
     pub max_inputs: usize,
@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/info", get(info))
         .route("/metrics", get(metrics::render))
+        .route("/openapi.json", get(openapi))
         .route("/v1/embeddings", post(embeddings::create))
         .route("/v1/merge", post(merge::create))
         .fallback(not_found)
@@ -98,18 +99,19 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-#[derive(Serialize)]
-struct Health {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Health {
     status: &'static str,
 }
 
 /// Models are loaded and warmed before the listener opens, so answering means ready.
+#[utoipa::path(get, path = "/health", responses((status = 200, body = Health)))]
 async fn health() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-#[derive(Serialize)]
-struct Info {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Info {
     name: &'static str,
     version: &'static str,
     default_model: String,
@@ -117,6 +119,7 @@ struct Info {
     limits: Limits,
 }
 
+#[utoipa::path(get, path = "/info", responses((status = 200, body = Info)))]
 async fn info(State(state): State<SharedState>) -> Json<Info> {
     Json(Info {
         name: "concord",
@@ -125,6 +128,18 @@ async fn info(State(state): State<SharedState>) -> Json<Info> {
         models: state.models.all().iter().map(|e| e.info().clone()).collect(),
         limits: state.limits,
     })
+}
+
+/// The OpenAPI 3 document of this API.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Concord", description = "Local transformer models for collaborative editors"),
+    paths(health, info, embeddings::create, merge::create)
+)]
+pub struct ApiDoc;
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(<ApiDoc as utoipa::OpenApi>::openapi())
 }
 
 async fn not_found() -> ApiError {

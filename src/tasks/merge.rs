@@ -14,7 +14,7 @@ use crate::text::offsets::{range_from_bytes, OffsetUnit};
 use crate::text::segment::Granularity;
 
 /// Ways to resolve the whole input, as ranked alternatives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// The clean merge, every conflict resolved with ours.
@@ -57,7 +57,7 @@ impl Strategy {
 }
 
 /// How one conflict region is resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConflictSide {
     Ours,
@@ -68,7 +68,7 @@ pub enum ConflictSide {
 }
 
 /// Signals about one (base, ours, theirs) triple, the scorer's input.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Signals {
     pub clean: bool,
     pub conflicts: usize,
@@ -144,7 +144,7 @@ impl Scorer {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Suggestion {
     pub text: String,
     pub strategy: ConflictSide,
@@ -152,7 +152,7 @@ pub struct Suggestion {
     pub rationale: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Conflict {
     pub base: String,
     pub ours: String,
@@ -163,14 +163,14 @@ pub struct Conflict {
     pub suggestions: Vec<Suggestion>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Alternative {
     pub text: String,
     pub strategy: Strategy,
     pub score: f32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct MergeStats {
     pub regions: usize,
     pub ours_changes: usize,
@@ -179,7 +179,7 @@ pub struct MergeStats {
     pub conflicts: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct MergeOutcome {
     /// The top alternative: the clean merge when there are no conflicts.
     pub merged: String,
