@@ -176,3 +176,17 @@ async fn bad_merge_requests_get_clear_errors() {
     let body: Value = response.json().await.expect("json");
     assert_eq!((body["clean"].clone(), body["merged"].clone()), (json!(true), json!("a c")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_clean_changes_never_drops_a_sides_other_edits() {
+    let server = TestServer::start(EngineConfig::default(), Limits::default()).await;
+    let base = "The red car is fast. The house is small. We ship on Monday.";
+    let ours = "The blue car is fast. The house is tiny. We ship on Monday.";
+    let theirs = "The green car is fast. The house is small. We ship on Friday.";
+    let body = json!({ "base": base, "ours": ours, "theirs": theirs, "keep_clean_changes": true });
+    let response = reqwest::Client::new().post(server.url("/v1/merge")).json(&body).send().await.expect("request");
+    let body: Value = response.json().await.expect("json");
+    let merged = body["merged"].as_str().expect("merged");
+    assert!(merged.contains("tiny") && merged.contains("Friday"), "{merged}");
+    assert!(["merge_ours", "merge_theirs"].contains(&body["resolution"].as_str().unwrap_or("")), "{body}");
+}

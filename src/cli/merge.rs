@@ -27,6 +27,9 @@ pub struct MergeArgs {
     json: bool,
     #[arg(long, value_enum, default_value = "word")]
     granularity: GranularityArg,
+    /// Never take one side wholesale: resolve conflicts only, keeping both sides' other edits.
+    #[arg(long)]
+    keep_clean_changes: bool,
     #[command(flatten)]
     encoder: EncoderArgs,
 }
@@ -57,7 +60,11 @@ fn read(path: &PathBuf) -> Result<String> {
 pub fn run(args: MergeArgs) -> Result<ExitCode> {
     let (base, ours, theirs) = (read(&args.base)?, read(&args.ours)?, read(&args.theirs)?);
     let engine = args.encoder.start()?;
-    let options = MergeOptions { granularity: args.granularity.into(), offsets: OffsetUnit::Utf8 };
+    let options = MergeOptions {
+        granularity: args.granularity.into(),
+        offsets: OffsetUnit::Utf8,
+        keep_clean_changes: args.keep_clean_changes,
+    };
     let scorer = Scorer::default_model();
     let outcome = runtime()?.block_on(merge::merge(&engine, &scorer, &base, &ours, &theirs, options))?;
     let text = if args.json {

@@ -21,6 +21,9 @@ pub struct MergeRequest {
     granularity: Granularity,
     #[serde(default)]
     offsets: OffsetUnit,
+    /// Only resolve conflicts, never drop either side's other edits (see README).
+    #[serde(default)]
+    keep_clean_changes: bool,
     model: Option<String>,
 }
 
@@ -49,7 +52,11 @@ pub async fn create(
         ApiError::not_found("model_not_found", "that model is not loaded; GET /info lists the models")
     })?;
     let _admission = engine.admit()?;
-    let options = MergeOptions { granularity: request.granularity, offsets: request.offsets };
+    let options = MergeOptions {
+        granularity: request.granularity,
+        offsets: request.offsets,
+        keep_clean_changes: request.keep_clean_changes,
+    };
     let outcome = merge::merge(
         engine,
         &state.merge_scorer,

@@ -197,6 +197,9 @@ pub struct MergeOutcome {
 pub struct MergeOptions {
     pub granularity: Granularity,
     pub offsets: OffsetUnit,
+    /// Restrict `merged` to the clean merge with conflicts resolved one way (`merge_ours` /
+    /// `merge_theirs`), so no side's non-conflicting edits are ever dropped.
+    pub keep_clean_changes: bool,
 }
 
 fn assemble(regions: &[Region], base: &str, ours: &str, theirs: &str, side: ConflictSide) -> String {
@@ -427,8 +430,9 @@ pub async fn merge(
         conflicts: count(RegionKind::Conflict),
     };
 
+    let all_candidates = candidates(&regions, base, ours, theirs);
     let mut alternatives: Vec<Alternative> = Vec::new();
-    for (strategy, text) in candidates(&regions, base, ours, theirs) {
+    for (strategy, text) in all_candidates.iter().cloned() {
         let score = scorer.score(strategy, &features);
         let key = normalize_ws(&text);
         match alternatives.iter_mut().find(|a| normalize_ws(&a.text) == key) {
@@ -446,6 +450,14 @@ pub async fn merge(
     let clean = stats.conflicts == 0;
     let (merged, resolution) = if clean {
         (assemble(&regions, base, ours, theirs, ConflictSide::Ours), None)
+    } else if options.keep_clean_changes {
+        let (strategy, text) = all_candidates
+            .iter()
+            .filter(|(s, _)| matches!(s, Strategy::MergeOurs | Strategy::MergeTheirs))
+            .max_by(|a, b| scorer.score(a.0, &features).total_cmp(&scorer.score(b.0, &features)))
+            .cloned()
+            .unwrap_or_else(|| (Strategy::MergeOurs, assemble(&regions, base, ours, theirs, ConflictSide::Ours)));
+        (text, Some(strategy))
     } else {
         let top = &alternatives[0];
         (top.text.clone(), Some(top.strategy))
