@@ -85,10 +85,15 @@ impl Embeddings {
     }
 }
 
+fn without_bias(linear: &Linear) -> Linear {
+    Linear::new(linear.weight().clone(), None)
+}
+
 struct SelfAttention {
     qkv: Linear,
+    /// The output projection, without its bias: the bias is added by `add_norm`.
     output: Linear,
-    layer_norm: LayerNorm,
+    add_norm: kernels::AddNorm,
     num_heads: usize,
     head_dim: usize,
 }
@@ -106,10 +111,14 @@ impl SelfAttention {
             (Some(qb), Some(kb), Some(vb)) => Some(Tensor::cat(&[qb, kb, vb], 0)?),
             _ => None,
         };
+        let output = linear(h, h, vb.pp("output").pp("dense"))?;
         Ok(Self {
             qkv: Linear::new(weight, bias),
-            output: linear(h, h, vb.pp("output").pp("dense"))?,
-            layer_norm: layer_norm(h, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
+            output: without_bias(&output),
+            add_norm: kernels::AddNorm::new(
+                output.bias().cloned(),
+                layer_norm(h, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
+            )?,
             num_heads: cfg.num_attention_heads,
             head_dim: h / cfg.num_attention_heads,
         })
@@ -139,8 +148,7 @@ impl SelfAttention {
             start += tokens;
         }
         let context = if contexts.len() == 1 { contexts.remove(0) } else { Tensor::cat(&contexts, 0)? };
-        let out = self.output.forward(&context)?;
-        self.layer_norm.forward(&(out + xs)?)
+        self.add_norm.forward(&self.output.forward(&context)?, xs)
     }
 }
 
@@ -158,17 +166,22 @@ fn equal_length_runs(lengths: &[usize]) -> Vec<(usize, usize)> {
 
 struct FeedForward {
     intermediate: Linear,
+    /// Without its bias, which `add_norm` adds.
     output: Linear,
-    layer_norm: LayerNorm,
+    add_norm: kernels::AddNorm,
     act: HiddenAct,
 }
 
 impl FeedForward {
     fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        let output = linear(cfg.intermediate_size, cfg.hidden_size, vb.pp("output").pp("dense"))?;
         Ok(Self {
             intermediate: linear(cfg.hidden_size, cfg.intermediate_size, vb.pp("intermediate").pp("dense"))?,
-            output: linear(cfg.intermediate_size, cfg.hidden_size, vb.pp("output").pp("dense"))?,
-            layer_norm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
+            output: without_bias(&output),
+            add_norm: kernels::AddNorm::new(
+                output.bias().cloned(),
+                layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
+            )?,
             act: cfg.hidden_act,
         })
     }
@@ -180,8 +193,7 @@ impl FeedForward {
             HiddenAct::GeluNew | HiddenAct::GeluPytorchTanh => hidden.gelu()?,
             HiddenAct::Relu => hidden.relu()?,
         };
-        let out = self.output.forward(&hidden)?;
-        self.layer_norm.forward(&(out + xs)?)
+        self.add_norm.forward(&self.output.forward(&hidden)?, xs)
     }
 }
 

@@ -3,7 +3,8 @@
 //! time. Here they are branch-free polynomial approximations that LLVM vectorises, compiled for
 //! AVX-512 and AVX2 and picked at run time. Other devices and dtypes use candle's own ops.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
+use candle_nn::LayerNorm;
 
 /// `0.5·x·(1 + erf(x/√2))`; candle's `gelu_erf` elsewhere.
 pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
@@ -20,6 +21,123 @@ pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
         xs.contiguous()?.apply_op1_no_bwd(&SoftmaxLastDim)
     } else {
         candle_nn::ops::softmax_last_dim(xs)
+    }
+}
+
+/// `LayerNorm(x + bias + residual)`, the closing step of every BERT sub-layer, in one pass over
+/// the activations instead of three parallel element-wise ops and a norm.
+pub struct AddNorm {
+    bias: Option<Tensor>,
+    norm: LayerNorm,
+    /// The same parameters as host vectors, for the fused CPU path.
+    fused: Option<FusedAddNorm>,
+}
+
+impl AddNorm {
+    /// `bias` is the preceding linear layer's bias, applied here instead of in the matmul.
+    pub fn new(bias: Option<Tensor>, norm: LayerNorm) -> Result<Self> {
+        let fused = if norm.weight().device().is_cpu() && norm.weight().dtype() == DType::F32 {
+            let hidden = norm.weight().dim(0)?;
+            let vector = |t: Option<&Tensor>, fill: f32| match t {
+                Some(t) => t.to_vec1::<f32>(),
+                None => Ok(vec![fill; hidden]),
+            };
+            Some(FusedAddNorm {
+                bias: vector(bias.as_ref(), 0.0)?,
+                gamma: vector(Some(norm.weight()), 1.0)?,
+                beta: vector(norm.bias(), 0.0)?,
+                eps: norm.eps() as f32,
+            })
+        } else {
+            None
+        };
+        Ok(Self { bias, norm, fused })
+    }
+
+    /// `xs` (the linear output without its bias) and `residual`: `[tokens, hidden]`.
+    pub fn forward(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        match &self.fused {
+            Some(op) if xs.dtype() == DType::F32 && residual.dtype() == DType::F32 => {
+                xs.contiguous()?.apply_op2_no_bwd(&residual.contiguous()?, op)
+            }
+            _ => {
+                let xs = match &self.bias {
+                    Some(bias) => xs.broadcast_add(bias)?,
+                    None => xs.clone(),
+                };
+                self.norm.forward(&(xs + residual)?)
+            }
+        }
+    }
+}
+
+struct FusedAddNorm {
+    bias: Vec<f32>,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    eps: f32,
+}
+
+#[inline(always)]
+fn add_norm_rows_generic(xs: &[f32], residual: &[f32], dst: &mut [f32], p: &FusedAddNorm) {
+    let width = p.gamma.len();
+    for ((x, r), out) in xs.chunks_exact(width).zip(residual.chunks_exact(width)).zip(dst.chunks_exact_mut(width)) {
+        let mut sum = 0.0;
+        for (((o, &x), &r), &b) in out.iter_mut().zip(x).zip(r).zip(&p.bias) {
+            let v = x + r + b;
+            *o = v;
+            sum += v;
+        }
+        let mean = sum / width as f32;
+        let mut var = 0.0;
+        for o in out.iter_mut() {
+            *o -= mean;
+            var += *o * *o;
+        }
+        let inv = 1.0 / (var / width as f32 + p.eps).sqrt();
+        for ((o, &g), &b) in out.iter_mut().zip(&p.gamma).zip(&p.beta) {
+            *o = *o * inv * g + b;
+        }
+    }
+}
+
+fn add_norm_rows(xs: &[f32], residual: &[f32], dst: &mut [f32], p: &FusedAddNorm) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(xs: &[f32], residual: &[f32], dst: &mut [f32], p: &FusedAddNorm) {
+            add_norm_rows_generic(xs, residual, dst, p)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(xs: &[f32], residual: &[f32], dst: &mut [f32], p: &FusedAddNorm) {
+            add_norm_rows_generic(xs, residual, dst, p)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the features the function was compiled for.
+            return unsafe { avx512(xs, residual, dst, p) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { avx2(xs, residual, dst, p) };
+        }
+    }
+    add_norm_rows_generic(xs, residual, dst, p)
+}
+
+impl CustomOp2 for FusedAddNorm {
+    fn name(&self) -> &'static str {
+        "concord-add-norm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (xs, residual) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let width = self.gamma.len();
+        if l1.shape() != l2.shape() || l1.shape().dims().last() != Some(&width) {
+            candle_core::bail!("add-norm: shapes {:?} and {:?} do not fit hidden size {width}", l1.shape(), l2.shape());
+        }
+        let mut dst = vec![0f32; xs.len()];
+        add_norm_rows(xs, residual, &mut dst, self);
+        Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
 }
 
@@ -170,6 +288,22 @@ mod tests {
         assert!(diff < 1e-6, "max difference {diff}");
         let sums: Vec<f32> = ours.sum(1).expect("sum").to_vec1().expect("vec");
         assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5), "{sums:?}");
+    }
+
+    #[test]
+    fn fused_add_norm_matches_the_plain_ops() {
+        let device = Device::Cpu;
+        let hidden = 384;
+        let xs = Tensor::randn(0f32, 1.0, (10, hidden), &device).expect("xs");
+        let residual = Tensor::randn(0f32, 2.0, (10, hidden), &device).expect("residual");
+        let bias = Tensor::randn(0f32, 0.5, hidden, &device).expect("bias");
+        let gamma = Tensor::randn(1f32, 0.1, hidden, &device).expect("gamma");
+        let beta = Tensor::randn(0f32, 0.1, hidden, &device).expect("beta");
+        let norm = LayerNorm::new(gamma, beta, 1e-12);
+        let fused = AddNorm::new(Some(bias.clone()), norm.clone()).expect("fused");
+        let plain = norm.forward(&((xs.broadcast_add(&bias).expect("bias")) + &residual).expect("add")).expect("norm");
+        let diff = max_abs_diff(&fused.forward(&xs, &residual).expect("fused forward"), &plain);
+        assert!(diff < 1e-4, "max difference {diff}");
     }
 
     #[test]
