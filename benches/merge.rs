@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device};
-use concord::model::source::{self, DEFAULT_MODEL};
+use concord::model::source::DEFAULT_MODEL;
 use concord::model::EmbeddingModel;
 use concord::runtime::{Engine, EngineConfig};
 use concord::tasks::merge::{self, MergeOptions, Scorer};
@@ -42,9 +42,8 @@ fn documents() -> (String, String, String) {
 
 fn merge_latency(c: &mut Criterion) {
     concord::runtime::pin_cpu_threads();
-    let dir = source::resolve(DEFAULT_MODEL).expect("run scripts/fetch-models.sh first");
-    let model = EmbeddingModel::load(dir.to_str().expect("utf-8 path"), &Device::Cpu, DType::F32)
-        .expect("model loads");
+    let model = EmbeddingModel::load(DEFAULT_MODEL, &Device::Cpu, DType::F32)
+        .expect("default model loads (run scripts/fetch-models.sh first)");
     let engine = Engine::start(model, EngineConfig::default()).expect("engine starts");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let scorer = Scorer::default_model();
