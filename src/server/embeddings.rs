@@ -85,13 +85,7 @@ pub fn validate_texts(input: Value, limits: &Limits) -> Result<Vec<String>, ApiE
         if text.trim().is_empty() {
             return Err(ApiError::invalid("empty_input", format!("input[{i}] is empty")));
         }
-        let chars = text.chars().count();
-        if chars > limits.max_input_chars {
-            return Err(ApiError::invalid(
-                "input_too_large",
-                format!("input[{i}] has {chars} characters; the limit is {}", limits.max_input_chars),
-            ));
-        }
+        limits.check_chars(&format!("input[{i}]"), text)?;
     }
     Ok(texts)
 }
@@ -117,12 +111,7 @@ pub async fn create(
             ));
         }
     }
-    let engine = state.models.get(request.model.as_deref()).ok_or_else(|| {
-        ApiError::not_found(
-            "model_not_found",
-            format!("model '{}' is not loaded; GET /info lists the models", request.model.as_deref().unwrap_or("")),
-        )
-    })?;
+    let engine = state.engine(request.model.as_deref())?;
     let texts = validate_texts(request.input, &state.limits)?;
     let _admission = engine.admit()?;
     let result = embed::embed(engine, texts, request.truncate).await?;

@@ -31,6 +31,7 @@ pub struct MergeRequest {
     responses(
         (status = 200, body = MergeOutcome),
         (status = 400, description = "malformed JSON, missing fields, unknown granularity", body = ErrorBody),
+        (status = 404, description = "unknown model", body = ErrorBody),
         (status = 413, description = "body too large", body = ErrorBody),
         (status = 422, description = "a side is too long", body = ErrorBody),
         (status = 429, description = "overloaded; see Retry-After", body = ErrorBody),
@@ -39,18 +40,10 @@ pub async fn create(
     State(state): State<SharedState>,
     ApiJson(request): ApiJson<MergeRequest>,
 ) -> Result<Json<MergeOutcome>, ApiError> {
-    for (name, text) in [("base", &request.base), ("ours", &request.ours), ("theirs", &request.theirs)] {
-        let chars = text.chars().count();
-        if chars > state.limits.max_input_chars {
-            return Err(ApiError::invalid(
-                "input_too_large",
-                format!("`{name}` has {chars} characters; the limit is {}", state.limits.max_input_chars),
-            ));
-        }
+    for (name, text) in [("`base`", &request.base), ("`ours`", &request.ours), ("`theirs`", &request.theirs)] {
+        state.limits.check_chars(name, text)?;
     }
-    let engine = state.models.get(request.model.as_deref()).ok_or_else(|| {
-        ApiError::not_found("model_not_found", "that model is not loaded; GET /info lists the models")
-    })?;
+    let engine = state.engine(request.model.as_deref())?;
     let _admission = engine.admit()?;
     let options = MergeOptions {
         granularity: request.granularity,

@@ -17,7 +17,7 @@ use serde::Serialize;
 use tower_http::trace::TraceLayer;
 
 use crate::model::ModelInfo;
-use crate::runtime::Models;
+use crate::runtime::{Engine, Models};
 use crate::tasks::merge::Scorer;
 use error::ApiError;
 
@@ -45,6 +45,30 @@ impl AppState {
     /// State with Concord's shipped task models.
     pub fn new(models: Models, limits: Limits) -> Self {
         Self { models, limits, merge_scorer: Scorer::default_model() }
+    }
+
+    /// The engine a request names (the default when it names none), or 404.
+    pub fn engine(&self, model: Option<&str>) -> Result<&Engine, ApiError> {
+        self.models.get(model).ok_or_else(|| {
+            ApiError::not_found(
+                "model_not_found",
+                format!("model '{}' is not loaded; GET /info lists the models", model.unwrap_or("")),
+            )
+        })
+    }
+}
+
+impl Limits {
+    /// Refuses a text over `max_input_chars`; `name` says which field it was.
+    pub fn check_chars(&self, name: &str, text: &str) -> Result<(), ApiError> {
+        let chars = text.chars().count();
+        if chars > self.max_input_chars {
+            return Err(ApiError::invalid(
+                "input_too_large",
+                format!("{name} has {chars} characters; the limit is {}", self.max_input_chars),
+            ));
+        }
+        Ok(())
     }
 }
 
