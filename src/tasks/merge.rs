@@ -430,53 +430,62 @@ pub async fn merge(
         conflicts: count(RegionKind::Conflict),
     };
 
-    let all_candidates = candidates(&regions, base, ours, theirs);
+    // Every strategy's text and score, computed once; everything below is derived from it.
+    let scored: Vec<(Strategy, String, f32)> = candidates(&regions, base, ours, theirs)
+        .into_iter()
+        .map(|(strategy, text)| {
+            let score = scorer.score(strategy, &features);
+            (strategy, text, score)
+        })
+        .collect();
+    let best_of = |keep: fn(Strategy) -> bool| {
+        scored
+            .iter()
+            .filter(|(s, _, _)| keep(*s))
+            .max_by(|a, b| a.2.total_cmp(&b.2))
+            .expect("every strategy is scored")
+    };
+
     let mut alternatives: Vec<Alternative> = Vec::new();
-    for (strategy, text) in all_candidates.iter().cloned() {
-        let score = scorer.score(strategy, &features);
-        let key = normalize_ws(&text);
-        match alternatives.iter_mut().find(|a| normalize_ws(&a.text) == key) {
+    let mut keys: Vec<String> = Vec::new();
+    for (strategy, text, score) in &scored {
+        let key = normalize_ws(text);
+        match keys.iter().position(|k| *k == key) {
             // Two strategies giving the same text: one alternative, with the stronger score.
-            Some(existing) if score > existing.score => {
-                existing.score = score;
-                existing.strategy = strategy;
+            Some(i) if *score > alternatives[i].score => {
+                alternatives[i].score = *score;
+                alternatives[i].strategy = *strategy;
             }
             Some(_) => {}
-            None => alternatives.push(Alternative { text, strategy, score }),
+            None => {
+                keys.push(key);
+                alternatives.push(Alternative { text: text.clone(), strategy: *strategy, score: *score });
+            }
         }
     }
     alternatives.sort_by(|a, b| b.score.total_cmp(&a.score));
 
     let clean = stats.conflicts == 0;
     let (merged, resolution) = if clean {
-        (assemble(&regions, base, ours, theirs, ConflictSide::Ours), None)
+        // Without conflicts both merge strategies give the clean merge.
+        (best_of(|s| s == Strategy::MergeOurs).1.clone(), None)
     } else if options.keep_clean_changes {
-        let (strategy, text) = all_candidates
-            .iter()
-            .filter(|(s, _)| matches!(s, Strategy::MergeOurs | Strategy::MergeTheirs))
-            .max_by(|a, b| scorer.score(a.0, &features).total_cmp(&scorer.score(b.0, &features)))
-            .cloned()
-            .unwrap_or_else(|| (Strategy::MergeOurs, assemble(&regions, base, ours, theirs, ConflictSide::Ours)));
-        (text, Some(strategy))
+        let (strategy, text, _) = best_of(|s| matches!(s, Strategy::MergeOurs | Strategy::MergeTheirs));
+        (text.clone(), Some(*strategy))
     } else {
-        let top = &alternatives[0];
-        (top.text.clone(), Some(top.strategy))
+        (alternatives[0].text.clone(), Some(alternatives[0].strategy))
     };
 
     // Per conflict, each side scored by the best strategy that resolves conflicts that way.
-    let side_scores: Vec<(ConflictSide, f32)> = {
-        let mut best: Vec<(ConflictSide, f32)> = Vec::new();
-        for strategy in Strategy::ALL {
-            let side = strategy.conflict_side();
-            let score = scorer.score(strategy, &features);
-            match best.iter_mut().find(|(s, _)| *s == side) {
-                Some(entry) => entry.1 = entry.1.max(score),
-                None => best.push((side, score)),
-            }
+    let mut side_scores: Vec<(ConflictSide, f32)> = Vec::new();
+    for (strategy, _, score) in &scored {
+        let side = strategy.conflict_side();
+        match side_scores.iter_mut().find(|(s, _)| *s == side) {
+            Some(entry) => entry.1 = entry.1.max(*score),
+            None => side_scores.push((side, *score)),
         }
-        best.sort_by(|a, b| b.1.total_cmp(&a.1));
-        best
-    };
+    }
+    side_scores.sort_by(|a, b| b.1.total_cmp(&a.1));
     let unit = options.offsets;
     let conflicts = regions
         .iter()
