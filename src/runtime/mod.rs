@@ -125,7 +125,7 @@ impl Engine {
         let warmup = tokenizer.encode("Concord warms up its encoder before serving.")?;
         let (queue, receiver) = std::sync::mpsc::channel();
         let runner = worker::Runner { encoder, pooling, normalize, config: config.clone() };
-        runner.forward(&[&warmup], Want::default())?;
+        runner.forward(&[&warmup], false)?;
         std::thread::Builder::new()
             .name(format!("concord-model-{}", info.id))
             .spawn(move || runner.run(receiver))?;

@@ -7,7 +7,7 @@ use anyhow::Result;
 use candle_core::Tensor;
 
 use super::batcher::{self, BatchLimits};
-use super::{Encoded, EngineConfig, Want, WorkItem};
+use super::{Encoded, EngineConfig, WorkItem};
 use crate::model::{Encoder, Pooling, Tokenized};
 
 /// Items pulled from the queue per batching round; bounds the sorting work, not the queue.
@@ -85,16 +85,13 @@ impl Runner {
     }
 
     fn execute(&self, batch: Vec<WorkItem>) {
-        let want = Want {
-            normalize: false,
-            token_states: batch.iter().any(|i| i.want.token_states),
-        };
+        let token_states = batch.iter().any(|i| i.want.token_states);
         let tokens: Vec<&Tokenized> = batch.iter().map(|i| &i.tokens).collect();
         let token_count: usize = tokens.iter().map(|t| t.ids.len()).sum();
         metrics::histogram!("concord_batch_items").record(batch.len() as f64);
         metrics::counter!("concord_batch_tokens_total").increment(token_count as u64);
         let started = Instant::now();
-        let result = self.forward(&tokens, want);
+        let result = self.forward(&tokens, token_states);
         metrics::histogram!("concord_forward_duration_seconds").record(started.elapsed().as_secs_f64());
         match result {
             Ok(output) => {
@@ -124,14 +121,14 @@ impl Runner {
     }
 
     /// Runs the encoder on `batch` and pools each sequence (normalisation is per item).
-    pub fn forward(&self, batch: &[&Tokenized], want: Want) -> Result<BatchOutput> {
+    pub fn forward(&self, batch: &[&Tokenized], token_states: bool) -> Result<BatchOutput> {
         let states = self.encoder.forward(batch)?;
         let pooled = states
             .iter()
             .map(|s| self.pooling.apply(s))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let pooled = Tensor::stack(&pooled, 0)?.to_vec2::<f32>()?;
-        let states = if want.token_states {
+        let states = if token_states {
             Some(states.iter().map(|s| s.to_vec2::<f32>()).collect::<candle_core::Result<Vec<_>>>()?)
         } else {
             None
