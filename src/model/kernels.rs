@@ -6,6 +6,28 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::LayerNorm;
 
+/// Compiles `$generic` for AVX-512 and AVX2+FMA and calls the best one this CPU has.
+macro_rules! dispatch {
+    ($generic:ident($($arg:ident: $ty:ty),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512($($arg: $ty),*) { $generic($($arg),*) }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($arg: $ty),*) { $generic($($arg),*) }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports the features the function was compiled for.
+                return unsafe { avx512($($arg),*) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                // SAFETY: as above.
+                return unsafe { avx2($($arg),*) };
+            }
+        }
+        $generic($($arg),*)
+    }};
+}
+
 /// `0.5·x·(1 + erf(x/√2))`; candle's `gelu_erf` elsewhere.
 pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
     if xs.device().is_cpu() && xs.dtype() == DType::F32 {
@@ -102,26 +124,7 @@ fn add_norm_rows_generic(xs: &[f32], residual: &[f32], dst: &mut [f32], p: &Fuse
 }
 
 fn add_norm_rows(xs: &[f32], residual: &[f32], dst: &mut [f32], p: &FusedAddNorm) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn avx512(xs: &[f32], residual: &[f32], dst: &mut [f32], p: &FusedAddNorm) {
-            add_norm_rows_generic(xs, residual, dst, p)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(xs: &[f32], residual: &[f32], dst: &mut [f32], p: &FusedAddNorm) {
-            add_norm_rows_generic(xs, residual, dst, p)
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports the features the function was compiled for.
-            return unsafe { avx512(xs, residual, dst, p) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            return unsafe { avx2(xs, residual, dst, p) };
-        }
-    }
-    add_norm_rows_generic(xs, residual, dst, p)
+    dispatch!(add_norm_rows_generic(xs: &[f32], residual: &[f32], dst: &mut [f32], p: &FusedAddNorm))
 }
 
 impl CustomOp2 for FusedAddNorm {
@@ -185,39 +188,12 @@ fn softmax_rows_generic(src: &[f32], dst: &mut [f32], width: usize) {
     }
 }
 
-/// Compiles `$generic` for AVX-512 and AVX2+FMA and calls the best one this CPU has.
-macro_rules! dispatch {
-    ($generic:ident, $($arg:expr),*) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx512f")]
-            unsafe fn avx512(src: &[f32], dst: &mut [f32], extra: usize) { $generic(src, dst, extra) }
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2(src: &[f32], dst: &mut [f32], extra: usize) { $generic(src, dst, extra) }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU supports the features the function was compiled for.
-                return unsafe { avx512($($arg),*) };
-            }
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                // SAFETY: as above.
-                return unsafe { avx2($($arg),*) };
-            }
-        }
-        $generic($($arg),*)
-    }};
-}
-
-#[inline(always)]
-fn gelu_generic(src: &[f32], dst: &mut [f32], _unused: usize) {
-    gelu_slice_generic(src, dst)
-}
-
 fn gelu_slice(src: &[f32], dst: &mut [f32]) {
-    dispatch!(gelu_generic, src, dst, 0)
+    dispatch!(gelu_slice_generic(src: &[f32], dst: &mut [f32]))
 }
 
 fn softmax_rows(src: &[f32], dst: &mut [f32], width: usize) {
-    dispatch!(softmax_rows_generic, src, dst, width)
+    dispatch!(softmax_rows_generic(src: &[f32], dst: &mut [f32], width: usize))
 }
 
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
