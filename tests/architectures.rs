@@ -55,7 +55,9 @@ fn bert_config(model_type: &str, pad: u32, type_vocab: usize, positions: usize) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bert_and_roberta_checkpoints_work() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    for (model_type, pad, type_vocab, positions) in [("bert", 0, 2, 128), ("roberta", 1, 1, 130), ("xlm-roberta", 1, 1, 130)] {
+    for (model_type, pad, type_vocab, positions) in
+        [("bert", 0, 2, 128), ("roberta", 1, 1, 130), ("xlm-roberta", 1, 1, 130)]
+    {
         let dir = tmp.path().join(model_type);
         let config = bert_config(model_type, pad, type_vocab, positions);
         let parsed: bert::Config = serde_json::from_value(config.clone()).expect("bert config");

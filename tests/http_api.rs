@@ -196,5 +196,8 @@ async fn openapi_document_describes_every_route() {
     for schema in ["EmbeddingsRequest", "MergeOutcome", "ErrorBody"] {
         assert!(doc["components"]["schemas"].get(schema).is_some(), "{schema} missing");
     }
-    assert_eq!(doc["paths"]["/v1/embeddings"]["post"]["responses"]["429"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ErrorBody");
+    assert_eq!(
+        doc["paths"]["/v1/embeddings"]["post"]["responses"]["429"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/ErrorBody"
+    );
 }

@@ -166,7 +166,8 @@ async fn bad_merge_requests_get_clear_errors() {
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let body: Value = response.json().await.expect("json");
     assert!(body["error"]["message"].as_str().unwrap_or("").contains("theirs"), "{body}");
-    let response = post(json!({ "base": "a", "ours": "b", "theirs": "c", "granularity": "paragraph" })).await.expect("request");
+    let response =
+        post(json!({ "base": "a", "ours": "b", "theirs": "c", "granularity": "paragraph" })).await.expect("request");
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let big = "word ".repeat(2000);
     let response = post(json!({ "base": big, "ours": "b", "theirs": "c" })).await.expect("request");

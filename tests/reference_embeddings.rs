@@ -80,11 +80,8 @@ fn cli_embed_matches_sentence_transformers() {
 fn cli_rejects_invalid_utf8_naming_the_line() {
     let mut input = tempfile::NamedTempFile::new().expect("temp file");
     input.write_all(b"a fine sentence\nbroken \xff\xfe bytes\n").expect("write");
-    let output = Command::new(env!("CARGO_BIN_EXE_concord"))
-        .arg("embed")
-        .arg(input.path())
-        .output()
-        .expect("concord runs");
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_concord")).arg("embed").arg(input.path()).output().expect("concord runs");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(":2: not valid UTF-8"), "stderr: {stderr}");

@@ -79,8 +79,7 @@ fn parse_records(name: &str, bytes: &[u8], format: InputFormat, field: &str) -> 
     let mut lines = Vec::new();
     for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let text = std::str::from_utf8(raw)
-            .with_context(|| format!("{name}:{}: not valid UTF-8", i + 1))?;
+        let text = std::str::from_utf8(raw).with_context(|| format!("{name}:{}: not valid UTF-8", i + 1))?;
         lines.push((i + 1, text));
     }
     let format = match format {
@@ -101,8 +100,8 @@ fn parse_records(name: &str, bytes: &[u8], format: InputFormat, field: &str) -> 
         }
         match format {
             InputFormat::Jsonl => {
-                let value: Value = serde_json::from_str(text)
-                    .with_context(|| format!("{name}:{line}: not a JSON object"))?;
+                let value: Value =
+                    serde_json::from_str(text).with_context(|| format!("{name}:{line}: not a JSON object"))?;
                 let Some(text) = value.get(field).and_then(Value::as_str) else {
                     bail!("{name}:{line}: no string field '{field}'");
                 };
@@ -176,8 +175,7 @@ mod tests {
 
     #[test]
     fn auto_detects_jsonl_and_keeps_ids() {
-        let records =
-            parse_records("f", b"\n{\"id\": 7, \"text\": \"hi\"}\n", InputFormat::Auto, "text").unwrap();
+        let records = parse_records("f", b"\n{\"id\": 7, \"text\": \"hi\"}\n", InputFormat::Auto, "text").unwrap();
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].line, 2);
         assert_eq!(records[0].id, Some(json!(7)));

@@ -67,11 +67,7 @@ pub fn run(args: MergeArgs) -> Result<ExitCode> {
     };
     let scorer = Scorer::default_model();
     let outcome = runtime()?.block_on(merge::merge(&engine, &scorer, &base, &ours, &theirs, options))?;
-    let text = if args.json {
-        serde_json::to_string_pretty(&outcome)? + "\n"
-    } else {
-        outcome.merged.clone()
-    };
+    let text = if args.json { serde_json::to_string_pretty(&outcome)? + "\n" } else { outcome.merged.clone() };
     match &args.output {
         Some(path) => std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?,
         None => print!("{text}"),

@@ -87,10 +87,7 @@ pub struct EngineArgs {
 impl EngineArgs {
     fn config(&self) -> EngineConfig {
         EngineConfig {
-            batch: BatchLimits {
-                max_tokens: self.max_batch_tokens.max(1),
-                max_items: self.max_batch_size.max(1),
-            },
+            batch: BatchLimits { max_tokens: self.max_batch_tokens.max(1), max_items: self.max_batch_size.max(1) },
             max_batch_wait: Duration::from_millis(self.max_batch_wait_ms),
             max_concurrent_requests: self.max_concurrent_requests.max(1),
         }
@@ -156,10 +153,7 @@ pub fn start_engine(spec: &str, model: &ModelArgs, engine: &EngineArgs) -> Resul
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {

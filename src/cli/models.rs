@@ -29,9 +29,7 @@ pub fn run(command: ModelsCommand) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&models)?);
             } else if models.is_empty() {
-                println!(
-                    "no models cached; run scripts/fetch-models.sh (offline) or `concord models pull ID`"
-                );
+                println!("no models cached; run scripts/fetch-models.sh (offline) or `concord models pull ID`");
             } else {
                 for model in models {
                     println!("{:<50} {:<12} {}", model.id, model.cache, model.path.display());

@@ -77,7 +77,11 @@ pub async fn evaluate(engine: &Engine, scorer: &Scorer, data: &Path, progress: &
         .iter()
         .zip(base_fig)
         .map(|(name, (exact, sim))| {
-            let figures = Figures { exact_match_top1: exact as f64 / n, exact_match_top3: exact as f64 / n, mean_similarity: sim / n };
+            let figures = Figures {
+                exact_match_top1: exact as f64 / n,
+                exact_match_top3: exact as f64 / n,
+                mean_similarity: sim / n,
+            };
             (name.to_string(), figures)
         })
         .collect();

@@ -59,8 +59,8 @@ struct CommonConfig {
 impl Encoder {
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
         let config_path = dir.join("config.json");
-        let raw = std::fs::read_to_string(&config_path)
-            .with_context(|| format!("reading {}", config_path.display()))?;
+        let raw =
+            std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
         let common: CommonConfig = serde_json::from_str(&raw)
             .with_context(|| format!("{} has no usable model_type", config_path.display()))?;
         let Some(family) = Family::of(&common.model_type) else {
@@ -81,8 +81,7 @@ impl Encoder {
                 (Architecture::Bert(bert::BertModel::load(vb, &cfg)?), hidden)
             }
             Family::DistilBert => {
-                let cfg: distilbert::Config =
-                    serde_json::from_str(&raw).context("parsing DistilBERT config")?;
+                let cfg: distilbert::Config = serde_json::from_str(&raw).context("parsing DistilBERT config")?;
                 let hidden = cfg.dim;
                 let vb = if vb.contains_tensor("distilbert.embeddings.word_embeddings.weight") {
                     vb.pp("distilbert")
@@ -92,14 +91,10 @@ impl Encoder {
                 (Architecture::DistilBert(distilbert::DistilBertModel::load(vb, &cfg)?), hidden)
             }
             Family::DebertaV2 => {
-                let cfg: debertav2::Config =
-                    serde_json::from_str(&raw).context("parsing DeBERTa-v2 config")?;
+                let cfg: debertav2::Config = serde_json::from_str(&raw).context("parsing DeBERTa-v2 config")?;
                 let hidden = cfg.hidden_size;
-                let vb = if vb.contains_tensor("deberta.embeddings.word_embeddings.weight") {
-                    vb.pp("deberta")
-                } else {
-                    vb
-                };
+                let vb =
+                    if vb.contains_tensor("deberta.embeddings.word_embeddings.weight") { vb.pp("deberta") } else { vb };
                 (Architecture::DebertaV2(debertav2::DebertaV2Model::load(vb, &cfg)?), hidden)
             }
         };
@@ -181,9 +176,5 @@ struct Padded {
 /// `[batch, longest, hidden]` → each sequence's `[len, hidden]` f32 states, padding dropped.
 fn split_padded(states: &Tensor, batch: &[&Tokenized]) -> Result<Vec<Tensor>> {
     let states = states.to_dtype(DType::F32)?;
-    batch
-        .iter()
-        .enumerate()
-        .map(|(row, t)| Ok(states.get(row)?.narrow(0, 0, t.ids.len())?))
-        .collect()
+    batch.iter().enumerate().map(|(row, t)| Ok(states.get(row)?.narrow(0, 0, t.ids.len())?)).collect()
 }

@@ -52,11 +52,7 @@ impl Pooling {
             return Ok(Pooling::Mean);
         }
         let cfg: PoolingConfig = read_json(&path)?;
-        Ok(if cfg.pooling_mode_cls_token && !cfg.pooling_mode_mean_tokens {
-            Pooling::Cls
-        } else {
-            Pooling::Mean
-        })
+        Ok(if cfg.pooling_mode_cls_token && !cfg.pooling_mode_mean_tokens { Pooling::Cls } else { Pooling::Mean })
     }
 
     /// One sequence's `[len, hidden]` states → `[hidden]`.
@@ -112,14 +108,9 @@ impl EmbeddingModel {
             false
         };
         let sbert = dir.join("sentence_bert_config.json");
-        let configured_max = if sbert.is_file() {
-            read_json::<SentenceBertConfig>(&sbert)?.max_seq_length
-        } else {
-            None
-        };
-        let max_tokens = configured_max
-            .unwrap_or(encoder.max_positions)
-            .min(encoder.max_positions);
+        let configured_max =
+            if sbert.is_file() { read_json::<SentenceBertConfig>(&sbert)?.max_seq_length } else { None };
+        let max_tokens = configured_max.unwrap_or(encoder.max_positions).min(encoder.max_positions);
         let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json"), max_tokens)?;
         let info = ModelInfo {
             id: spec.to_string(),

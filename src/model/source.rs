@@ -14,11 +14,7 @@ pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
 /// Files a model folder needs; the optional ones refine pooling and truncation.
 const REQUIRED_FILES: &[&str] = &["config.json", "tokenizer.json", "model.safetensors"];
-const OPTIONAL_FILES: &[&str] = &[
-    "1_Pooling/config.json",
-    "modules.json",
-    "sentence_bert_config.json",
-];
+const OPTIONAL_FILES: &[&str] = &["1_Pooling/config.json", "modules.json", "sentence_bert_config.json"];
 
 /// Concord's data directory: `$CONCORD_HOME`, else `~/.cache/concord`.
 pub fn concord_home() -> PathBuf {
@@ -35,10 +31,7 @@ pub fn concord_cache_dir(model_id: &str) -> PathBuf {
 }
 
 fn hf_offline() -> bool {
-    matches!(
-        std::env::var("HF_HUB_OFFLINE").as_deref(),
-        Ok("1") | Ok("true") | Ok("TRUE") | Ok("yes")
-    )
+    matches!(std::env::var("HF_HUB_OFFLINE").as_deref(), Ok("1") | Ok("true") | Ok("TRUE") | Ok("yes"))
 }
 
 fn is_complete(dir: &Path) -> bool {
@@ -50,11 +43,7 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
     let path = Path::new(spec);
     if path.is_dir() {
         if !is_complete(path) {
-            bail!(
-                "model folder {} lacks one of {:?}",
-                path.display(),
-                REQUIRED_FILES
-            );
+            bail!("model folder {} lacks one of {:?}", path.display(), REQUIRED_FILES);
         }
         return Ok(path.to_path_buf());
     }
@@ -71,9 +60,8 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
     if hf_offline() {
         bail!("{}", missing_offline_message(spec));
     }
-    download(spec).with_context(|| {
-        format!("model '{spec}' is not cached and could not be downloaded; {}", fetch_hint(spec))
-    })
+    download(spec)
+        .with_context(|| format!("model '{spec}' is not cached and could not be downloaded; {}", fetch_hint(spec)))
 }
 
 fn looks_like_hub_id(spec: &str) -> bool {
@@ -82,10 +70,7 @@ fn looks_like_hub_id(spec: &str) -> bool {
         return false;
     };
     let ok = |s: &str| {
-        !s.is_empty()
-            && s != "."
-            && s != ".."
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        !s.is_empty() && s != "." && s != ".." && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     };
     ok(org) && ok(name)
 }
@@ -139,9 +124,7 @@ pub fn download(model_id: &str) -> Result<PathBuf> {
     let repo = api.model(model_id.to_string());
     let mut dir = None;
     for file in REQUIRED_FILES {
-        let local = repo
-            .get(file)
-            .with_context(|| format!("downloading {file} of {model_id}"))?;
+        let local = repo.get(file).with_context(|| format!("downloading {file} of {model_id}"))?;
         dir = local.parent().map(Path::to_path_buf);
     }
     for file in OPTIONAL_FILES {
@@ -170,11 +153,7 @@ pub fn list_cached() -> Vec<CachedModel> {
             for name in names.flatten() {
                 if is_complete(&name.path()) {
                     found.push(CachedModel {
-                        id: format!(
-                            "{}/{}",
-                            org.file_name().to_string_lossy(),
-                            name.file_name().to_string_lossy()
-                        ),
+                        id: format!("{}/{}", org.file_name().to_string_lossy(), name.file_name().to_string_lossy()),
                         path: name.path(),
                         cache: "concord",
                     });

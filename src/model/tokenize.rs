@@ -23,8 +23,7 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     pub fn load(path: &Path, max_tokens: usize) -> Result<Self> {
-        let mut inner = Tokenizer::from_file(path)
-            .map_err(|e| anyhow!("loading tokenizer {}: {e}", path.display()))?;
+        let mut inner = Tokenizer::from_file(path).map_err(|e| anyhow!("loading tokenizer {}: {e}", path.display()))?;
         // Padding happens per batch in the engine; a padded tokenizer would waste work.
         inner.with_padding(None);
         inner
@@ -39,19 +38,13 @@ impl TextTokenizer {
     }
 
     pub fn encode(&self, text: &str) -> Result<Tokenized> {
-        let encoding = self
-            .inner
-            .encode(text, true)
-            .map_err(|e| anyhow!("tokenizing: {e}"))?;
+        let encoding = self.inner.encode(text, true).map_err(|e| anyhow!("tokenizing: {e}"))?;
         Ok(Self::convert(encoding))
     }
 
     /// Encodes a sentence pair (cross-encoders: premise/hypothesis, before/after).
     pub fn encode_pair(&self, first: &str, second: &str) -> Result<Tokenized> {
-        let encoding = self
-            .inner
-            .encode((first, second), true)
-            .map_err(|e| anyhow!("tokenizing pair: {e}"))?;
+        let encoding = self.inner.encode((first, second), true).map_err(|e| anyhow!("tokenizing pair: {e}"))?;
         Ok(Self::convert(encoding))
     }
 

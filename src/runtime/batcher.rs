@@ -24,14 +24,11 @@ pub fn choose(lengths: &[usize], limits: BatchLimits) -> Vec<usize> {
     let anchor = by_length.iter().position(|&i| i == 0).unwrap_or(0);
     let (mut lo, mut hi) = (anchor, anchor + 1);
     let mut longest = lengths[0];
-    let fits = |count: usize, longest: usize| {
-        count <= limits.max_items.max(1) && count * longest <= limits.max_tokens
-    };
+    let fits = |count: usize, longest: usize| count <= limits.max_items.max(1) && count * longest <= limits.max_tokens;
     loop {
         let count = hi - lo;
-        let up = (hi < by_length.len())
-            .then(|| lengths[by_length[hi]])
-            .filter(|&len| fits(count + 1, longest.max(len)));
+        let up =
+            (hi < by_length.len()).then(|| lengths[by_length[hi]]).filter(|&len| fits(count + 1, longest.max(len)));
         let down = (lo > 0).then(|| lengths[by_length[lo - 1]]).filter(|_| fits(count + 1, longest));
         // Padding a neighbour adds: a shorter one pads itself up, a longer one pads everyone.
         let waste_up = up.map(|len| (len - longest) * count);

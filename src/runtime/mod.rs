@@ -126,9 +126,7 @@ impl Engine {
         let (queue, receiver) = std::sync::mpsc::channel();
         let runner = worker::Runner { encoder, pooling, normalize, config: config.clone() };
         runner.forward(&[&warmup], false)?;
-        std::thread::Builder::new()
-            .name(format!("concord-model-{}", info.id))
-            .spawn(move || runner.run(receiver))?;
+        std::thread::Builder::new().name(format!("concord-model-{}", info.id)).spawn(move || runner.run(receiver))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 info,
@@ -184,10 +182,7 @@ impl Engine {
         let mut replies = Vec::with_capacity(tokens.len());
         for tokens in tokens {
             let (reply, receiver) = oneshot::channel();
-            self.inner
-                .queue
-                .send(WorkItem { tokens, want, reply })
-                .map_err(|_| EngineError::Stopped)?;
+            self.inner.queue.send(WorkItem { tokens, want, reply }).map_err(|_| EngineError::Stopped)?;
             replies.push(receiver);
         }
         let mut out = Vec::with_capacity(replies.len());

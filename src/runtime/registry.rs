@@ -22,9 +22,7 @@ impl Models {
     pub fn get(&self, name: Option<&str>) -> Option<&Engine> {
         let Some(name) = name else { return Some(self.default_engine()) };
         self.engines.iter().find(|e| e.info().id == name).or_else(|| {
-            self.engines
-                .iter()
-                .find(|e| e.info().id.trim_end_matches('/').rsplit('/').next() == Some(name))
+            self.engines.iter().find(|e| e.info().id.trim_end_matches('/').rsplit('/').next() == Some(name))
         })
     }
 

@@ -69,9 +69,7 @@ impl Runner {
             return;
         }
         let deadline = Instant::now() + self.config.max_batch_wait;
-        let padded = |p: &[WorkItem]| {
-            p.len() * p.iter().map(|i| i.tokens.ids.len()).max().unwrap_or(0)
-        };
+        let padded = |p: &[WorkItem]| p.len() * p.iter().map(|i| i.tokens.ids.len()).max().unwrap_or(0);
         while pending.len() < max_items && padded(pending) < max_tokens {
             let now = Instant::now();
             if now >= deadline {
@@ -98,11 +96,7 @@ impl Runner {
                 let mut states = output.states.map(|s| s.into_iter());
                 for (item, pooled) in batch.into_iter().zip(output.pooled) {
                     let token_states = states.as_mut().and_then(|s| s.next());
-                    let pooled = if item.want.normalize && self.normalize {
-                        l2_normalized(pooled)
-                    } else {
-                        pooled
-                    };
+                    let pooled = if item.want.normalize && self.normalize { l2_normalized(pooled) } else { pooled };
                     let encoded = Encoded {
                         pooled,
                         token_states: if item.want.token_states { token_states } else { None },
@@ -123,10 +117,7 @@ impl Runner {
     /// Runs the encoder on `batch` and pools each sequence (normalisation is per item).
     pub fn forward(&self, batch: &[&Tokenized], token_states: bool) -> Result<BatchOutput> {
         let states = self.encoder.forward(batch)?;
-        let pooled = states
-            .iter()
-            .map(|s| self.pooling.apply(s))
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        let pooled = states.iter().map(|s| self.pooling.apply(s)).collect::<candle_core::Result<Vec<_>>>()?;
         let pooled = Tensor::stack(&pooled, 0)?.to_vec2::<f32>()?;
         let states = if token_states {
             Some(states.iter().map(|s| s.to_vec2::<f32>()).collect::<candle_core::Result<Vec<_>>>()?)

@@ -59,18 +59,10 @@ pub fn validate_texts(input: Value, limits: &Limits) -> Result<Vec<String>, ApiE
             .enumerate()
             .map(|(i, item)| match item {
                 Value::String(text) => Ok(text),
-                _ => Err(ApiError::bad_request(
-                    "invalid_request",
-                    format!("input[{i}] must be a string"),
-                )),
+                _ => Err(ApiError::bad_request("invalid_request", format!("input[{i}] must be a string"))),
             })
             .collect::<Result<Vec<_>, _>>()?,
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid_request",
-                "`input` must be a string or an array of strings",
-            ))
-        }
+        _ => return Err(ApiError::bad_request("invalid_request", "`input` must be a string or an array of strings")),
     };
     if texts.is_empty() {
         return Err(ApiError::invalid("empty_input", "`input` has no texts"));

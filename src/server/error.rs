@@ -58,9 +58,7 @@ impl IntoResponse for ApiError {
         let body = Body { error: Detail { code: self.code, message: &self.message } };
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after_s {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -70,10 +68,9 @@ impl From<EngineError> for ApiError {
     fn from(err: EngineError) -> Self {
         let message = err.to_string();
         match err {
-            EngineError::Overloaded(_) => Self {
-                retry_after_s: Some(1),
-                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", message)
-            },
+            EngineError::Overloaded(_) => {
+                Self { retry_after_s: Some(1), ..Self::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", message) }
+            }
             EngineError::TooLong { .. } => Self::invalid("input_too_long", message),
             EngineError::Tokenizer(_) => Self::invalid("invalid_input", message),
             EngineError::Model(_) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "model_error", message),

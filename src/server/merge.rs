@@ -50,14 +50,7 @@ pub async fn create(
         offsets: request.offsets,
         keep_clean_changes: request.keep_clean_changes,
     };
-    let outcome = merge::merge(
-        engine,
-        &state.merge_scorer,
-        &request.base,
-        &request.ours,
-        &request.theirs,
-        options,
-    )
-    .await?;
+    let outcome =
+        merge::merge(engine, &state.merge_scorer, &request.base, &request.ours, &request.theirs, options).await?;
     Ok(Json(outcome))
 }

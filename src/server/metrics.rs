@@ -31,10 +31,8 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
 
 /// Counts and times every request, labelled by its route pattern (not the raw path).
 pub async fn track(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let route =
+        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let method = request.method().to_string();
     let started = Instant::now();
     let response = next.run(request).await;
@@ -47,11 +45,9 @@ pub async fn track(request: Request, next: Next) -> Response {
 
 pub async fn render() -> Response {
     match handle() {
-        Some(handle) => (
-            [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            handle.render(),
-        )
-            .into_response(),
+        Some(handle) => {
+            ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+        }
         None => ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             "metrics_unavailable",

@@ -18,15 +18,6 @@ pub async fn embed(engine: &Engine, texts: Vec<String>, truncate: bool) -> Resul
     let want = Want { normalize: true, token_states: false };
     let encoded = engine.encode(inputs, want, truncate).await?;
     let prompt_tokens = encoded.iter().map(|e| e.tokens.ids.len()).sum();
-    let truncated = encoded
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| e.tokens.truncated)
-        .map(|(i, _)| i)
-        .collect();
-    Ok(Embeddings {
-        vectors: encoded.into_iter().map(|e| e.pooled).collect(),
-        prompt_tokens,
-        truncated,
-    })
+    let truncated = encoded.iter().enumerate().filter(|(_, e)| e.tokens.truncated).map(|(i, _)| i).collect();
+    Ok(Embeddings { vectors: encoded.into_iter().map(|e| e.pooled).collect(), prompt_tokens, truncated })
 }

@@ -132,14 +132,9 @@ impl Scorer {
         let Some((_, w, bias)) = self.weights.iter().find(|(s, _, _)| *s == strategy) else {
             return 0.0;
         };
-        let z: f32 = features
-            .iter()
-            .zip(&self.mean)
-            .zip(&self.std)
-            .zip(w)
-            .map(|(((x, m), s), w)| (x - m) / s * w)
-            .sum::<f32>()
-            + bias;
+        let z: f32 =
+            features.iter().zip(&self.mean).zip(&self.std).zip(w).map(|(((x, m), s), w)| (x - m) / s * w).sum::<f32>()
+                + bias;
         1.0 / (1.0 + (-z).exp())
     }
 }
@@ -439,11 +434,7 @@ pub async fn merge(
         })
         .collect();
     let best_of = |keep: fn(Strategy) -> bool| {
-        scored
-            .iter()
-            .filter(|(s, _, _)| keep(*s))
-            .max_by(|a, b| a.2.total_cmp(&b.2))
-            .expect("every strategy is scored")
+        scored.iter().filter(|(s, _, _)| keep(*s)).max_by(|a, b| a.2.total_cmp(&b.2)).expect("every strategy is scored")
     };
 
     let mut alternatives: Vec<Alternative> = Vec::new();

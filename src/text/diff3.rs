@@ -79,9 +79,11 @@ pub fn diff3(base: &str, ours: &str, theirs: &str, granularity: Granularity) -> 
         }
         regions.push(Region { kind, base, ours, theirs });
     };
-    let sync_points = (0..b.len())
-        .filter_map(|i| Some((i, to_ours[i]?, to_theirs[i]?)))
-        .chain(std::iter::once((b.len(), o.len(), t.len())));
+    let sync_points = (0..b.len()).filter_map(|i| Some((i, to_ours[i]?, to_theirs[i]?))).chain(std::iter::once((
+        b.len(),
+        o.len(),
+        t.len(),
+    )));
     for (jb, jo, jt) in sync_points {
         if jo < io || jt < it {
             continue;
@@ -97,12 +99,7 @@ pub fn diff3(base: &str, ours: &str, theirs: &str, granularity: Granularity) -> 
         };
         push(kind, rb, ro, rt);
         if jb < b.len() {
-            push(
-                RegionKind::Unchanged,
-                bb[jb]..bb[jb + 1],
-                ob[jo]..ob[jo + 1],
-                tb[jt]..tb[jt + 1],
-            );
+            push(RegionKind::Unchanged, bb[jb]..bb[jb + 1], ob[jo]..ob[jo + 1], tb[jt]..tb[jt + 1]);
         }
         (ib, io, it) = (jb + 1, jo + 1, jt + 1);
     }

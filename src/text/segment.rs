@@ -46,9 +46,7 @@ fn push_words<'a>(line: &'a str, out: &mut Vec<&'a str>) {
     while start < line.len() {
         let rest = &line[start..];
         let first_is_space = rest.starts_with(char::is_whitespace);
-        let run_len = rest
-            .find(|c: char| c.is_whitespace() != first_is_space)
-            .unwrap_or(rest.len());
+        let run_len = rest.find(|c: char| c.is_whitespace() != first_is_space).unwrap_or(rest.len());
         let run = &rest[..run_len];
         if first_is_space {
             // Newlines stay separate so line structure (headings, list items) is visible to the merge.

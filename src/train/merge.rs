@@ -49,10 +49,8 @@ pub async fn examples(engine: &Engine, rows: &[MergeRow], progress: &ProgressBar
 pub fn fit(examples: &[&Example], l2: f32) -> Scorer {
     let rows: Vec<Vec<f32>> = examples.iter().map(|e| e.features.to_vec()).collect();
     let (mean, std) = logistic::standardize_stats(&rows);
-    let standardized: Vec<Vec<f32>> = rows
-        .iter()
-        .map(|r| r.iter().zip(&mean).zip(&std).map(|((x, m), s)| (x - m) / s).collect())
-        .collect();
+    let standardized: Vec<Vec<f32>> =
+        rows.iter().map(|r| r.iter().zip(&mean).zip(&std).map(|((x, m), s)| (x - m) / s).collect()).collect();
     let weights = Strategy::ALL
         .iter()
         .enumerate()
@@ -69,11 +67,8 @@ pub fn fit(examples: &[&Example], l2: f32) -> Scorer {
 pub fn rank_accuracy(scorer: &Scorer, examples: &[&Example]) -> (f64, f64) {
     let (mut top1, mut top3) = (0usize, 0usize);
     for e in examples {
-        let mut ranked: Vec<(f32, &String)> = Strategy::ALL
-            .iter()
-            .enumerate()
-            .map(|(k, s)| (scorer.score(*s, &e.features), &e.texts[k]))
-            .collect();
+        let mut ranked: Vec<(f32, &String)> =
+            Strategy::ALL.iter().enumerate().map(|(k, s)| (scorer.score(*s, &e.features), &e.texts[k])).collect();
         ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
         let mut distinct: Vec<&String> = Vec::new();
         for (_, text) in ranked {

@@ -19,8 +19,9 @@ pub fn default_model_dir() -> PathBuf {
 
 pub fn start_engine(config: EngineConfig) -> Engine {
     let dir = default_model_dir();
-    let model = EmbeddingModel::load(dir.to_str().expect("utf-8 path"), &candle_core::Device::Cpu, candle_core::DType::F32)
-        .expect("default model loads");
+    let model =
+        EmbeddingModel::load(dir.to_str().expect("utf-8 path"), &candle_core::Device::Cpu, candle_core::DType::F32)
+            .expect("default model loads");
     Engine::start(model, config).expect("engine starts")
 }
 
