@@ -4,9 +4,6 @@
 # `concord serve` (see `concord serve --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-home="${HOME:-/root}"
-command -v cargo >/dev/null || export PATH="$home/.cargo/bin:$PATH"
-export CONCORD_HOME="${CONCORD_HOME:-$home/.cache/concord}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CONCORD_HOME/target}"
+source scripts/env.sh
 ./scripts/fetch-models.sh
 exec cargo run --release --locked --bin concord -- serve "$@"

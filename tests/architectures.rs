@@ -13,7 +13,7 @@ use common::cosine;
 use concord::model::{bert, EmbeddingModel};
 use concord::runtime::{Engine, EngineConfig};
 use concord::tasks::embed;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 fn write_checkpoint(dir: &Path, config: &Value, build: impl FnOnce(VarBuilder) -> candle_core::Result<()>) {
     std::fs::create_dir_all(dir).expect("create dir");
@@ -43,15 +43,6 @@ async fn assert_batch_equals_single(dir: &Path, expected_type: &str) {
     }
 }
 
-fn bert_config(model_type: &str, pad: u32, type_vocab: usize, positions: usize) -> Value {
-    json!({
-        "model_type": model_type, "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "intermediate_size": 64, "hidden_act": "gelu",
-        "max_position_embeddings": positions, "type_vocab_size": type_vocab,
-        "layer_norm_eps": 1e-12, "pad_token_id": pad
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bert_and_roberta_checkpoints_work() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -59,7 +50,7 @@ async fn bert_and_roberta_checkpoints_work() {
         [("bert", 0, 2, 128), ("roberta", 1, 1, 130), ("xlm-roberta", 1, 1, 130)]
     {
         let dir = tmp.path().join(model_type);
-        let config = bert_config(model_type, pad, type_vocab, positions);
+        let config = common::tiny::bert(model_type, pad, type_vocab, positions);
         let parsed: bert::Config = serde_json::from_value(config.clone()).expect("bert config");
         write_checkpoint(&dir, &config, |vb| bert::BertModel::load(vb, &parsed).map(|_| ()));
         assert_batch_equals_single(&dir, model_type).await;
@@ -69,11 +60,7 @@ async fn bert_and_roberta_checkpoints_work() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distilbert_checkpoint_works() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let config = json!({
-        "model_type": "distilbert", "vocab_size": 30522, "dim": 32, "n_layers": 2, "n_heads": 4,
-        "hidden_dim": 64, "activation": "gelu", "max_position_embeddings": 128,
-        "initializer_range": 0.02, "pad_token_id": 0
-    });
+    let config = common::tiny::distilbert();
     let parsed: distilbert::Config = serde_json::from_value(config.clone()).expect("config");
     write_checkpoint(tmp.path(), &config, |vb| distilbert::DistilBertModel::load(vb, &parsed).map(|_| ()));
     assert_batch_equals_single(tmp.path(), "distilbert").await;
@@ -82,15 +69,7 @@ async fn distilbert_checkpoint_works() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deberta_v2_checkpoint_works() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let config = json!({
-        "model_type": "deberta-v2", "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "intermediate_size": 64, "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
-        "max_position_embeddings": 128, "type_vocab_size": 0, "initializer_range": 0.02,
-        "layer_norm_eps": 1e-7, "relative_attention": true, "max_relative_positions": -1,
-        "pad_token_id": 0, "position_biased_input": false, "pos_att_type": ["p2c", "c2p"],
-        "position_buckets": 16, "share_att_key": true, "norm_rel_ebd": "layer_norm"
-    });
+    let config = common::tiny::deberta_v2();
     let parsed: debertav2::Config = serde_json::from_value(config.clone()).expect("config");
     write_checkpoint(tmp.path(), &config, |vb| debertav2::DebertaV2Model::load(vb, &parsed).map(|_| ()));
     assert_batch_equals_single(tmp.path(), "deberta-v2").await;

@@ -53,13 +53,13 @@ struct OutputLine<'a> {
 
 /// One text to embed and what identifies it in the output.
 #[derive(Debug)]
-struct Record {
-    line: usize,
-    id: Option<Value>,
-    text: String,
+pub(super) struct Record {
+    pub line: usize,
+    pub id: Option<Value>,
+    pub text: String,
 }
 
-fn read_input(path: Option<&PathBuf>) -> Result<(String, Vec<u8>)> {
+pub(super) fn read_input(path: Option<&PathBuf>) -> Result<(String, Vec<u8>)> {
     let mut bytes = Vec::new();
     match path {
         Some(p) if p.as_os_str() != "-" => {
@@ -75,7 +75,7 @@ fn read_input(path: Option<&PathBuf>) -> Result<(String, Vec<u8>)> {
 
 /// Splits `bytes` into records, failing on the first line that is not UTF-8 or not valid JSONL,
 /// so a bad file is reported before any work is spent on it.
-fn parse_records(name: &str, bytes: &[u8], format: InputFormat, field: &str) -> Result<Vec<Record>> {
+pub(super) fn parse_records(name: &str, bytes: &[u8], format: InputFormat, field: &str) -> Result<Vec<Record>> {
     let mut lines = Vec::new();
     for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);

@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{runtime, EncoderArgs};
+use super::{runtime, EncoderArgs, EngineArgs, ModelArgs, ModerationModelArgs, NliModelArgs};
 use concord::eval;
 use concord::tasks::merge::Scorer;
 
@@ -28,16 +28,52 @@ pub struct EvalArgs {
     encoder: EncoderArgs,
 }
 
+#[derive(Args)]
+pub struct EvalModerationArgs {
+    /// Labelled JSONL file (`moderation` schema of ../shared/data/README.md).
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, value_enum, default_value = "table")]
+    format: ReportFormat,
+    #[command(flatten)]
+    moderation: ModerationModelArgs,
+    #[command(flatten)]
+    device: ModelArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Args)]
+pub struct EvalNliArgs {
+    /// Labelled JSONL file (`nli` schema, or `factcheck` with claim and evidence).
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, value_enum, default_value = "table")]
+    format: ReportFormat,
+    #[command(flatten)]
+    nli: NliModelArgs,
+    #[command(flatten)]
+    device: ModelArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
 #[derive(Subcommand)]
 pub enum EvalCommand {
     /// Merge suggestions against committed resolutions (`merge` schema).
     Merge(EvalArgs),
+    /// Moderation: span F1 (SemEval-2021 Task 5) and flag accuracy / macro-F1 / AUC.
+    Moderation(EvalModerationArgs),
+    /// NLI pairs: accuracy, macro-F1, per-label F1 (2-way files such as RTE scored 2-way).
+    Nli(EvalNliArgs),
+    /// Fact-check claim–evidence pairs (`factcheck` schema): the same metrics, pair level.
+    Factcheck(EvalNliArgs),
 }
 
 pub fn progress_bar() -> ProgressBar {
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len}  {per_sec}  eta {eta}")
+        ProgressStyle::with_template("{msg} {bar:40} {pos}/{len}  {per_sec}  eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar
@@ -54,6 +90,34 @@ pub fn run(command: EvalCommand) -> Result<ExitCode> {
             match args.format {
                 ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                 ReportFormat::Table => print!("{}", eval::merge::table(&report)),
+            }
+        }
+        EvalCommand::Nli(args) | EvalCommand::Factcheck(args) => {
+            let rows: Vec<eval::nli::NliRow> = eval::read_jsonl(&args.data)?;
+            anyhow::ensure!(!rows.is_empty(), "{} has no rows", args.data.display());
+            let Some(model) = args.nli.load(&args.device, &args.engine)? else {
+                anyhow::bail!("no NLI model: pass --nli-model DIR");
+            };
+            let bar = progress_bar();
+            let report = runtime()?.block_on(eval::nli::evaluate(&model, &rows, &bar))?;
+            bar.finish_and_clear();
+            match args.format {
+                ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                ReportFormat::Table => print!("{}", eval::nli::table(&report)),
+            }
+        }
+        EvalCommand::Moderation(args) => {
+            let rows: Vec<eval::moderation::ModerationRow> = eval::read_jsonl(&args.data)?;
+            anyhow::ensure!(!rows.is_empty(), "{} has no rows", args.data.display());
+            let Some(moderator) = args.moderation.load(&args.device, &args.engine)? else {
+                anyhow::bail!("no moderation model: pass --moderation-model DIR");
+            };
+            let bar = progress_bar();
+            let report = runtime()?.block_on(eval::moderation::evaluate(&moderator, &rows, &bar))?;
+            bar.finish_and_clear();
+            match args.format {
+                ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                ReportFormat::Table => print!("{}", eval::moderation::table(&report)),
             }
         }
     }

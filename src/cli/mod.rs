@@ -2,12 +2,16 @@
 
 mod embed;
 mod eval;
+mod factcheck;
 mod merge;
 mod models;
+mod moderate;
 mod train;
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -16,6 +20,10 @@ use clap::{Args, Parser, Subcommand};
 use concord::model::{device, source::DEFAULT_MODEL, EmbeddingModel};
 use concord::runtime::{BatchLimits, Engine, EngineConfig, Models};
 use concord::server::{self, AppState, Limits};
+use concord::tasks::moderate::{
+    Moderator, CONFIG_FILE as MODERATION_CONFIG, DEFAULT_MODEL_DIR as DEFAULT_MODERATION_DIR,
+};
+use concord::tasks::nli::{self, NliModel};
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +47,10 @@ enum Command {
     Embed(embed::EmbedArgs),
     /// Three-way merge of BASE, OURS and THEIRS; exit 0 when clean, 1 when conflicts were resolved by suggestion.
     Merge(merge::MergeArgs),
+    /// Fact-check a text against sources (a /v1/factcheck request as JSON); one JSON line per claim.
+    Factcheck(factcheck::FactcheckArgs),
+    /// Moderate texts from a file or stdin: category scores and offending spans, one JSON line per text.
+    Moderate(moderate::ModerateArgs),
     /// Evaluate a task on labelled data and print its metrics.
     Eval {
         #[command(subcommand)]
@@ -117,6 +129,78 @@ struct ServeArgs {
     /// Most characters in one input.
     #[arg(long, default_value_t = Limits::default().max_input_chars, env = "CONCORD_MAX_INPUT_CHARS")]
     max_input_chars: usize,
+    #[command(flatten)]
+    moderation: ModerationModelArgs,
+    #[command(flatten)]
+    nli: NliModelArgs,
+}
+
+/// Which moderation model to load.
+#[derive(Args, Clone)]
+pub struct ModerationModelArgs {
+    /// Moderation model folder (moderation.json + weights); `none` turns /v1/moderate off.
+    /// Default: the model committed under models/moderation.
+    #[arg(long = "moderation-model", env = "CONCORD_MODERATION_MODEL")]
+    moderation_model: Option<String>,
+}
+
+impl ModerationModelArgs {
+    /// Loads the chosen model; `None` when turned off, or when the default folder is missing.
+    pub fn load(&self, model: &ModelArgs, engine: &EngineArgs) -> Result<Option<Moderator>> {
+        let Some(dir) = task_model_dir(self.moderation_model.as_deref(), DEFAULT_MODERATION_DIR, MODERATION_CONFIG)
+        else {
+            return Ok(None);
+        };
+        let device = device::parse_device(&model.device)?;
+        let dtype = device::parse_dtype(&model.dtype, &device)?;
+        let moderator = Moderator::load(&dir, &device, dtype, engine.config())
+            .with_context(|| format!("loading the moderation model in {}", dir.display()))?;
+        tracing::info!(model = moderator.id(), "moderation model loaded");
+        Ok(Some(moderator))
+    }
+}
+
+/// Which NLI model to load.
+#[derive(Args, Clone)]
+pub struct NliModelArgs {
+    /// NLI model: a Concord folder (nli.json + weights), or a Hugging Face NLI cross-encoder
+    /// (folder or hub id); `none` turns /v1/nli off. Default: the model under models/nli.
+    #[arg(long = "nli-model", env = "CONCORD_NLI_MODEL")]
+    nli_model: Option<String>,
+}
+
+impl NliModelArgs {
+    /// Loads the chosen model; `None` when turned off, or when the default folder is missing.
+    pub fn load(&self, model: &ModelArgs, engine: &EngineArgs) -> Result<Option<NliModel>> {
+        let Some(dir) = task_model_dir(self.nli_model.as_deref(), nli::DEFAULT_MODEL_DIR, nli::CONFIG_FILE) else {
+            return Ok(None);
+        };
+        let device = device::parse_device(&model.device)?;
+        let dtype = device::parse_dtype(&model.dtype, &device)?;
+        let spec = dir.to_string_lossy();
+        let loaded = NliModel::load(&spec, &device, dtype, engine.config())
+            .with_context(|| format!("loading the NLI model {spec}"))?;
+        tracing::info!(model = loaded.id(), "NLI model loaded");
+        Ok(Some(loaded))
+    }
+}
+
+/// The folder a task model flag names: `none` → no model; unset → the committed default,
+/// when it is there (a warning otherwise).
+fn task_model_dir(flag: Option<&str>, default_dir: &str, config_file: &str) -> Option<PathBuf> {
+    match flag {
+        Some("none") => None,
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => {
+            let dir = PathBuf::from(default_dir);
+            if dir.join(config_file).is_file() {
+                Some(dir)
+            } else {
+                tracing::warn!(dir = %dir.display(), "no default {config_file} model; its route is off");
+                None
+            }
+        }
+    }
 }
 
 /// One model with its device and engine settings, for commands that run a single model.
@@ -170,12 +254,21 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 max_inputs: args.max_inputs,
                 max_input_chars: args.max_input_chars,
             };
+            let mut state = AppState::new(models, limits);
+            if let Some(moderator) = args.moderation.load(&args.model, &args.engine)? {
+                state = state.with_moderator(Arc::new(moderator));
+            }
+            if let Some(nli) = args.nli.load(&args.model, &args.engine)? {
+                state = state.with_nli(Arc::new(nli));
+            }
             let addr = SocketAddr::new(args.host, args.port);
-            runtime()?.block_on(server::serve(AppState::new(models, limits), addr))?;
+            runtime()?.block_on(server::serve(state, addr))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Embed(args) => embed::run(args),
         Command::Merge(args) => merge::run(args),
+        Command::Moderate(args) => moderate::run(args),
+        Command::Factcheck(args) => factcheck::run(args),
         Command::Eval { command } => eval::run(command),
         Command::Train { command } => train::run(command),
         Command::Models { command } => models::run(command),

@@ -1,6 +1,8 @@
 //! Batch evaluation on labelled JSONL files.
 
 pub mod merge;
+pub mod moderation;
+pub mod nli;
 
 use std::path::Path;
 

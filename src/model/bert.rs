@@ -225,14 +225,30 @@ impl BertModel {
         Ok(Self { embeddings, layers })
     }
 
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
     /// Runs sequences packed end to end: `input_ids` and `type_ids` are `[tokens]` u32, and
     /// `lengths` says where each sequence ends. Returns `[tokens, hidden]`.
     pub fn forward_packed(&self, input_ids: &Tensor, type_ids: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+        self.forward_packed_through(input_ids, type_ids, lengths, self.layers.len())
+    }
+
+    /// Like [`Self::forward_packed`], but stops after the first `layers` layers: training caches
+    /// these states once and fine-tunes only the layers above them.
+    pub fn forward_packed_through(
+        &self,
+        input_ids: &Tensor,
+        type_ids: &Tensor,
+        lengths: &[usize],
+        layers: usize,
+    ) -> Result<Tensor> {
         let offset = self.embeddings.position_offset.map_or(0, |pad| pad + 1);
         let positions: Vec<u32> = lengths.iter().flat_map(|&len| offset..offset + len as u32).collect();
         let positions = Tensor::from_vec(positions, input_ids.dims1()?, input_ids.device())?;
         let mut xs = self.embeddings.forward(input_ids, type_ids, &positions)?;
-        for layer in &self.layers {
+        for layer in self.layers.iter().take(layers) {
             xs = layer.attention.forward(&xs, lengths)?;
             xs = layer.feed_forward.forward(&xs)?;
         }

@@ -1,7 +1,7 @@
 //! Loads any supported encoder from a model folder, chosen by `config.json`'s `model_type`,
 //! behind one `forward` that returns every token's hidden state.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -57,7 +57,9 @@ struct CommonConfig {
 }
 
 impl Encoder {
-    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+    /// Loads `dir`'s encoder; tensors in `overrides` (safetensors files, later ones win) replace
+    /// the base checkpoint's, which is how fine-tuned top layers ride on a shared base model.
+    pub fn load(dir: &Path, overrides: &[PathBuf], device: &Device, dtype: DType) -> Result<Self> {
         let config_path = dir.join("config.json");
         let raw =
             std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
@@ -69,10 +71,12 @@ impl Encoder {
                 common.model_type
             );
         };
-        let weights = dir.join("model.safetensors");
-        // SAFETY: the file is memory-mapped read-only; Concord never writes model files while serving.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], dtype, device) }
-            .with_context(|| format!("mapping {}", weights.display()))?;
+        let mut files = vec![dir.join("model.safetensors")];
+        files.extend(overrides.iter().cloned());
+        // SAFETY: the files are memory-mapped read-only; Concord never writes model files while serving.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }.with_context(|| {
+            format!("mapping {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "))
+        })?;
         let model_type = common.model_type.clone();
         let (arch, hidden_size) = match family {
             Family::Bert => {
@@ -112,25 +116,8 @@ impl Encoder {
     /// Runs the encoder on a batch; returns each sequence's hidden states, `[len, hidden]` f32.
     pub fn forward(&self, batch: &[&Tokenized]) -> Result<Vec<Tensor>> {
         match &self.arch {
-            Architecture::Bert(model) => {
-                // Packed: no padding work at all, whatever the spread of lengths.
-                let ids: Vec<u32> = batch.iter().flat_map(|t| t.ids.iter().copied()).collect();
-                let type_ids: Vec<u32> = batch.iter().flat_map(|t| t.type_ids.iter().copied()).collect();
-                let lengths: Vec<usize> = batch.iter().map(|t| t.ids.len()).collect();
-                let total = ids.len();
-                let ids = Tensor::from_vec(ids, total, &self.device)?;
-                let type_ids = Tensor::from_vec(type_ids, total, &self.device)?;
-                let states = model.forward_packed(&ids, &type_ids, &lengths)?.to_dtype(DType::F32)?;
-                let mut start = 0;
-                lengths
-                    .iter()
-                    .map(|&len| {
-                        let seq = states.narrow(0, start, len)?;
-                        start += len;
-                        Ok(seq)
-                    })
-                    .collect()
-            }
+            // Packed: no padding work at all, whatever the spread of lengths.
+            Architecture::Bert(model) => self.forward_bert(model, batch, model.num_layers()),
             Architecture::DistilBert(model) => {
                 let padded = self.pad(batch)?;
                 // DistilBERT's mask marks what to hide, the inverse of the usual convention.
@@ -144,6 +131,42 @@ impl Encoder {
                 split_padded(&model.forward(&padded.ids, Some(padded.type_ids), Some(mask))?, batch)
             }
         }
+    }
+
+    /// Hidden states after the first `layers` layers, for fine-tuning the layers above them.
+    /// Only the BERT family exposes its layers this way.
+    pub fn forward_through(&self, batch: &[&Tokenized], layers: usize) -> Result<Vec<Tensor>> {
+        match &self.arch {
+            Architecture::Bert(model) => self.forward_bert(model, batch, layers),
+            _ => bail!("fine-tuning needs a BERT-family encoder, not {}", self.model_type),
+        }
+    }
+
+    /// Number of transformer layers (BERT family; others report 0).
+    pub fn num_layers(&self) -> usize {
+        match &self.arch {
+            Architecture::Bert(model) => model.num_layers(),
+            _ => 0,
+        }
+    }
+
+    fn forward_bert(&self, model: &bert::BertModel, batch: &[&Tokenized], layers: usize) -> Result<Vec<Tensor>> {
+        let ids: Vec<u32> = batch.iter().flat_map(|t| t.ids.iter().copied()).collect();
+        let type_ids: Vec<u32> = batch.iter().flat_map(|t| t.type_ids.iter().copied()).collect();
+        let lengths: Vec<usize> = batch.iter().map(|t| t.ids.len()).collect();
+        let total = ids.len();
+        let ids = Tensor::from_vec(ids, total, &self.device)?;
+        let type_ids = Tensor::from_vec(type_ids, total, &self.device)?;
+        let states = model.forward_packed_through(&ids, &type_ids, &lengths, layers)?.to_dtype(DType::F32)?;
+        let mut start = 0;
+        lengths
+            .iter()
+            .map(|&len| {
+                let seq = states.narrow(0, start, len)?;
+                start += len;
+                Ok(seq)
+            })
+            .collect()
     }
 
     /// Pads to the longest sequence, for architectures that take a mask.

@@ -2,8 +2,10 @@
 //! states become one vector ([`Pooling`]), and the device they run on ([`device`]).
 
 pub mod bert;
+pub mod classifier;
 pub mod device;
 pub mod encoder;
+pub mod heads;
 pub mod kernels;
 pub mod source;
 pub mod tokenize;
@@ -96,8 +98,13 @@ pub struct EmbeddingModel {
 impl EmbeddingModel {
     /// Resolves `spec` (folder or hub id) and loads it onto `device`.
     pub fn load(spec: &str, device: &Device, dtype: DType) -> Result<Self> {
+        Self::load_with_overrides(spec, &[], device, dtype)
+    }
+
+    /// Loads `spec` with some of its tensors replaced by those in `overrides` (see [`Encoder::load`]).
+    pub fn load_with_overrides(spec: &str, overrides: &[PathBuf], device: &Device, dtype: DType) -> Result<Self> {
         let dir = source::resolve(spec)?;
-        let encoder = Encoder::load(&dir, device, dtype)
+        let encoder = Encoder::load(&dir, overrides, device, dtype)
             .with_context(|| format!("loading encoder weights from {}", dir.display()))?;
         let pooling = Pooling::from_dir(&dir)?;
         let modules = dir.join("modules.json");

@@ -2,9 +2,12 @@
 
 mod embeddings;
 pub mod error;
+mod factcheck;
 mod json;
 mod merge;
 mod metrics;
+mod moderate;
+mod nli;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +21,13 @@ use tower_http::trace::TraceLayer;
 
 use crate::model::ModelInfo;
 use crate::runtime::{Engine, Models};
+use crate::tasks::factcheck::EmbeddingCache;
 use crate::tasks::merge::Scorer;
+use crate::tasks::moderate::{ModerationConfig, Moderator};
+use crate::tasks::nli::NliModel;
+
+/// Source sentences whose embeddings `/v1/factcheck` keeps (about 1.5 KB each).
+const FACTCHECK_CACHE_SENTENCES: usize = 100_000;
 use error::ApiError;
 
 /// Request size limits, enforced before any model work.
@@ -39,12 +48,33 @@ pub struct AppState {
     pub models: Models,
     pub limits: Limits,
     pub merge_scorer: Scorer,
+    /// The moderation model; `/v1/moderate` answers 503 without one.
+    pub moderator: Option<Arc<Moderator>>,
+    /// The NLI model; `/v1/nli` and `/v1/factcheck` answer 503 without one.
+    pub nli: Option<Arc<NliModel>>,
+    /// Source sentence embeddings for `/v1/factcheck`, by content hash.
+    pub factcheck_cache: EmbeddingCache,
 }
 
 impl AppState {
-    /// State with Concord's shipped task models.
+    /// State with Concord's shipped merge scorer and no moderation model.
     pub fn new(models: Models, limits: Limits) -> Self {
-        Self { models, limits, merge_scorer: Scorer::default_model() }
+        Self {
+            models,
+            limits,
+            merge_scorer: Scorer::default_model(),
+            moderator: None,
+            nli: None,
+            factcheck_cache: EmbeddingCache::new(FACTCHECK_CACHE_SENTENCES),
+        }
+    }
+
+    pub fn with_moderator(self, moderator: Arc<Moderator>) -> Self {
+        Self { moderator: Some(moderator), ..self }
+    }
+
+    pub fn with_nli(self, nli: Arc<NliModel>) -> Self {
+        Self { nli: Some(nli), ..self }
     }
 
     /// The engine a request names (the default when it names none), or 404.
@@ -84,6 +114,9 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/v1/embeddings", post(embeddings::create))
         .route("/v1/merge", post(merge::create))
+        .route("/v1/moderate", post(moderate::create))
+        .route("/v1/nli", post(nli::create))
+        .route("/v1/factcheck", post(factcheck::create))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -135,7 +168,20 @@ pub struct Info {
     version: &'static str,
     default_model: String,
     models: Vec<ModelInfo>,
+    /// The moderation model, when one is loaded.
+    moderation: Option<ModerationInfo>,
+    /// The NLI model's id, when one is loaded.
+    nli: Option<String>,
     limits: Limits,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ModerationInfo {
+    id: String,
+    base_model: String,
+    categories: Vec<String>,
+    thresholds: std::collections::BTreeMap<String, f32>,
+    span_threshold: f32,
 }
 
 #[utoipa::path(get, path = "/info", responses((status = 200, body = Info)))]
@@ -145,6 +191,11 @@ async fn info(State(state): State<SharedState>) -> Json<Info> {
         version: env!("CARGO_PKG_VERSION"),
         default_model: state.models.default_engine().info().id.clone(),
         models: state.models.all().iter().map(|e| e.info().clone()).collect(),
+        moderation: state.moderator.as_ref().map(|m| {
+            let ModerationConfig { base_model, categories, thresholds, span_threshold, .. } = m.config().clone();
+            ModerationInfo { id: m.id().to_string(), base_model, categories, thresholds, span_threshold }
+        }),
+        nli: state.nli.as_ref().map(|m| m.id().to_string()),
         limits: state.limits,
     })
 }
@@ -153,7 +204,7 @@ async fn info(State(state): State<SharedState>) -> Json<Info> {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "Concord", description = "Local transformer models for collaborative editors"),
-    paths(health, info, embeddings::create, merge::create)
+    paths(health, info, embeddings::create, merge::create, moderate::create, nli::create, factcheck::create)
 )]
 pub struct ApiDoc;
 

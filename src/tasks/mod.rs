@@ -1,4 +1,7 @@
 //! Task pipelines over the engine, shared by the CLI and the server.
 
 pub mod embed;
+pub mod factcheck;
 pub mod merge;
+pub mod moderate;
+pub mod nli;

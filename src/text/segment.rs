@@ -41,6 +41,43 @@ pub fn tokens(text: &str, granularity: Granularity) -> Vec<&str> {
     out
 }
 
+/// Splits `text` into consecutive byte ranges of at most `max_bytes` (when possible), cut at
+/// sentence boundaries, else word boundaries, else characters: models see bounded windows and
+/// every offset still maps back into `text`. An empty text gives one empty range.
+pub fn chunks(text: &str, max_bytes: usize) -> Vec<std::ops::Range<usize>> {
+    let max_bytes = max_bytes.max(4);
+    let mut pieces = Vec::new();
+    for (start, sentence) in text.split_sentence_bound_indices() {
+        if sentence.len() <= max_bytes {
+            pieces.push(start..start + sentence.len());
+            continue;
+        }
+        for (offset, word) in sentence.split_word_bound_indices() {
+            let word_start = start + offset;
+            let mut at = 0;
+            while at < word.len() {
+                let mut end = (at + max_bytes).min(word.len());
+                while !word.is_char_boundary(end) {
+                    end -= 1;
+                }
+                pieces.push(word_start + at..word_start + end);
+                at = end;
+            }
+        }
+    }
+    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+    for piece in pieces {
+        match out.last_mut() {
+            Some(last) if piece.end - last.start <= max_bytes => last.end = piece.end,
+            _ => out.push(piece),
+        }
+    }
+    if out.is_empty() {
+        out.push(0..0);
+    }
+    out
+}
+
 fn push_words<'a>(line: &'a str, out: &mut Vec<&'a str>) {
     let mut start = 0;
     while start < line.len() {
@@ -70,6 +107,21 @@ mod tests {
         for g in [Granularity::Word, Granularity::Sentence, Granularity::Line] {
             assert_eq!(tokens(text, g).concat(), text, "{g:?}");
         }
+    }
+
+    #[test]
+    fn chunks_are_bounded_consecutive_and_cover_the_text() {
+        let text = "First sentence here. Second one, a little longer! Third: 漢字漢字漢字漢字漢字 😀😀😀. ".repeat(20);
+        for max in [8, 40, 200, 10_000] {
+            let chunks = chunks(&text, max);
+            assert_eq!(chunks.first().map(|c| c.start), Some(0));
+            assert_eq!(chunks.last().map(|c| c.end), Some(text.len()));
+            for pair in chunks.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start);
+            }
+            assert!(chunks.iter().all(|c| c.len() <= max && c.len() > 0), "max {max}");
+        }
+        assert_eq!(chunks("", 100), vec![0..0]);
     }
 
     #[test]

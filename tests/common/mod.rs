@@ -3,12 +3,14 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use concord::model::source::{self, DEFAULT_MODEL};
 use concord::model::EmbeddingModel;
 use concord::runtime::{Engine, EngineConfig, Models};
 use concord::server::{self, AppState, Limits};
+use concord::tasks::moderate::{Moderator, DEFAULT_MODEL_DIR as DEFAULT_MODERATION_DIR};
+use concord::tasks::nli::NliModel;
 
 /// The default encoder's folder; `scripts/test.sh` fetches it before the tests run.
 pub fn default_model_dir() -> PathBuf {
@@ -32,13 +34,37 @@ pub struct TestServer {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// The committed default moderation model.
+pub fn load_moderator(config: EngineConfig) -> Moderator {
+    Moderator::load(Path::new(DEFAULT_MODERATION_DIR), &candle_core::Device::Cpu, candle_core::DType::F32, config)
+        .expect("the committed moderation model loads")
+}
+
 impl TestServer {
     pub async fn start(config: EngineConfig, limits: Limits) -> Self {
+        Self::start_with(config, limits, None).await
+    }
+
+    /// A server that also serves `/v1/nli` with `model`.
+    pub async fn start_with_nli(config: EngineConfig, limits: Limits, model: NliModel) -> Self {
+        Self::start_state(config, limits, |state| state.with_nli(std::sync::Arc::new(model))).await
+    }
+
+    /// A server that also serves `/v1/moderate` with `moderator`.
+    pub async fn start_with(config: EngineConfig, limits: Limits, moderator: Option<Moderator>) -> Self {
+        Self::start_state(config, limits, |state| match moderator {
+            Some(moderator) => state.with_moderator(std::sync::Arc::new(moderator)),
+            None => state,
+        })
+        .await
+    }
+
+    async fn start_state(config: EngineConfig, limits: Limits, extend: impl FnOnce(AppState) -> AppState) -> Self {
         let engine = start_engine(config);
         let models = Models::new(vec![engine.clone()]).expect("one model");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
-        let app = server::router(AppState::new(models, limits));
+        let app = server::router(extend(AppState::new(models, limits)));
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.expect("server runs");
         });
@@ -95,4 +121,38 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
     let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
     dot / (na * nb)
+}
+
+/// Configs of tiny (hidden 32, 2 layers) checkpoints of each architecture, for random-weight tests.
+pub mod tiny {
+    use serde_json::{json, Value};
+
+    pub fn bert(model_type: &str, pad: u32, type_vocab: usize, positions: usize) -> Value {
+        json!({
+            "model_type": model_type, "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "intermediate_size": 64, "hidden_act": "gelu",
+            "max_position_embeddings": positions, "type_vocab_size": type_vocab,
+            "layer_norm_eps": 1e-12, "pad_token_id": pad
+        })
+    }
+
+    pub fn distilbert() -> Value {
+        json!({
+            "model_type": "distilbert", "vocab_size": 30522, "dim": 32, "n_layers": 2, "n_heads": 4,
+            "hidden_dim": 64, "activation": "gelu", "max_position_embeddings": 128,
+            "initializer_range": 0.02, "pad_token_id": 0
+        })
+    }
+
+    pub fn deberta_v2() -> Value {
+        json!({
+            "model_type": "deberta-v2", "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "intermediate_size": 64, "hidden_act": "gelu",
+            "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+            "max_position_embeddings": 128, "type_vocab_size": 0, "initializer_range": 0.02,
+            "layer_norm_eps": 1e-7, "relative_attention": true, "max_relative_positions": -1,
+            "pad_token_id": 0, "position_biased_input": false, "pos_att_type": ["p2c", "c2p"],
+            "position_buckets": 16, "share_att_key": true, "norm_rel_ebd": "layer_norm"
+        })
+    }
 }

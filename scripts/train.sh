@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Reproduce one of Concord's fine-tuned models from ../shared/data (about 30 minutes each on 2 CPU
+# cores): `scripts/train.sh moderation` writes models/moderation, `scripts/train.sh nli` writes
+# models/nli. Extra arguments go to `concord train TASK` (e.g. --out /tmp/x to leave the committed
+# model alone).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+data="${CONCORD_SHARED_DIR:-../shared}/data"
+task="${1:-}"
+shift || true
+case "$task" in
+  moderation)
+    args=(
+      --data "$data/olid/train.jsonl"
+      --data "$data/toxic_spans/train.jsonl"
+      --data "$data/davidson_hate_offensive/train.jsonl@4000"
+      --dev "$data/olid/dev.jsonl"
+      --dev "$data/toxic_spans/dev.jsonl"
+      --dev "$data/davidson_hate_offensive/dev.jsonl"
+      --layers 2 --epochs 3 --seed 13
+    ) ;;
+  nli)
+    args=(
+      --data "$data/sick/train.jsonl"
+      --data "$data/rte/train.jsonl"
+      --data "$data/climate_fever/train.jsonl"
+      --dev "$data/sick/dev.jsonl"
+      --dev "$data/rte/dev.jsonl"
+      --dev "$data/climate_fever/dev.jsonl"
+      --layers 2 --epochs 4 --seed 13
+    ) ;;
+  *) echo "usage: scripts/train.sh moderation|nli [concord train flags]" >&2; exit 2 ;;
+esac
+./scripts/fetch-models.sh
+cargo build --release --locked --bin concord
+[[ " $* " == *" --out "* ]] || args+=(--out "models/$task")
+exec "$CARGO_TARGET_DIR/release/concord" train "$task" "${args[@]}" "$@"

@@ -1,0 +1,150 @@
+//! NLI metrics: accuracy, macro-F1 and per-label F1, 3-way or 2-way.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::Result;
+use futures::StreamExt;
+use indicatif::ProgressBar;
+use serde::{Deserialize, Serialize};
+
+use crate::tasks::nli::{NliModel, LABELS};
+
+/// A row of the `nli` schema, or of `factcheck` (claim = hypothesis, evidence = premise).
+#[derive(Debug, Clone, Deserialize)]
+pub struct NliRow {
+    #[serde(alias = "evidence")]
+    pub premise: String,
+    #[serde(alias = "claim")]
+    pub hypothesis: String,
+    pub label: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NliScores {
+    pub n: usize,
+    pub accuracy: f64,
+    pub macro_f1: f64,
+    /// F1 of every label of the file's scheme.
+    pub f1: BTreeMap<String, f64>,
+}
+
+/// Scores class probabilities (`LABELS` order) against `rows`. A file whose labels include
+/// `not_entailment` is scored 2-way, with neutral and contradiction merged.
+pub fn score(rows: &[&NliRow], probs: &[[f32; 3]]) -> NliScores {
+    let two_way = rows.iter().any(|r| r.label == "not_entailment");
+    let labels: Vec<&str> = if two_way { vec!["entailment", "not_entailment"] } else { LABELS.to_vec() };
+    let predicted: Vec<&str> = probs
+        .iter()
+        .map(|p| {
+            if two_way {
+                if p[0] >= p[1] + p[2] {
+                    "entailment"
+                } else {
+                    "not_entailment"
+                }
+            } else {
+                let best = (0..3).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap_or(0);
+                LABELS[best]
+            }
+        })
+        .collect();
+    let n = rows.len();
+    let correct = rows.iter().zip(&predicted).filter(|(r, p)| r.label == **p).count();
+    let mut f1 = BTreeMap::new();
+    for label in &labels {
+        let tp = rows.iter().zip(&predicted).filter(|(r, p)| r.label == *label && **p == *label).count() as f64;
+        let predicted_count = predicted.iter().filter(|p| **p == *label).count() as f64;
+        let gold_count = rows.iter().filter(|r| r.label == *label).count() as f64;
+        let value = if tp == 0.0 { 0.0 } else { 2.0 * tp / (predicted_count + gold_count) };
+        f1.insert(label.to_string(), value);
+    }
+    NliScores {
+        n,
+        accuracy: correct as f64 / n.max(1) as f64,
+        macro_f1: f1.values().sum::<f64>() / f1.len().max(1) as f64,
+        f1,
+    }
+}
+
+/// What `concord eval nli` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct NliReport {
+    pub model: String,
+    #[serde(flatten)]
+    pub scores: NliScores,
+    pub pairs_per_s: f64,
+    pub seconds: f64,
+}
+
+/// Runs `model` over `rows` and scores it.
+pub async fn evaluate(model: &NliModel, rows: &[NliRow], bar: &ProgressBar) -> Result<NliReport> {
+    let started = Instant::now();
+    bar.set_length(rows.len() as u64);
+    let calls = rows.chunks(32).map(|chunk| {
+        let pairs: Vec<(String, String)> = chunk.iter().map(|r| (r.premise.clone(), r.hypothesis.clone())).collect();
+        async move { model.classify(pairs).await }
+    });
+    let mut results = futures::stream::iter(calls).buffered(4);
+    let mut probs = Vec::with_capacity(rows.len());
+    while let Some(result) = results.next().await {
+        let part = result?;
+        bar.inc(part.len() as u64);
+        probs.extend(part.into_iter().map(|r| r.probabilities()));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let refs: Vec<&NliRow> = rows.iter().collect();
+    Ok(NliReport {
+        model: model.id().to_string(),
+        scores: score(&refs, &probs),
+        pairs_per_s: rows.len() as f64 / seconds.max(1e-9),
+        seconds,
+    })
+}
+
+/// The report as aligned `metric value` lines.
+pub fn table(report: &NliReport) -> String {
+    let mut lines = vec![
+        format!("model            {}", report.model),
+        format!("n                {}", report.scores.n),
+        format!("accuracy         {:.4}", report.scores.accuracy),
+        format!("macro_f1         {:.4}", report.scores.macro_f1),
+    ];
+    for (label, f1) in &report.scores.f1 {
+        lines.push(format!("f1 {label:<13} {f1:.4}"));
+    }
+    lines.push(format!("pairs_per_s      {:.1}", report.pairs_per_s));
+    lines.join("\n") + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(label: &str) -> NliRow {
+        NliRow { premise: "p".into(), hypothesis: "h".into(), label: label.into() }
+    }
+
+    #[test]
+    fn three_way_scores() {
+        let rows = [row("entailment"), row("neutral"), row("contradiction"), row("neutral")];
+        let refs: Vec<&NliRow> = rows.iter().collect();
+        let probs = [[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.8, 0.1], [0.2, 0.7, 0.1]];
+        let scores = score(&refs, &probs);
+        assert_eq!(scores.accuracy, 0.75);
+        assert_eq!(scores.f1["entailment"], 1.0);
+        assert_eq!(scores.f1["contradiction"], 0.0);
+        assert!((scores.f1["neutral"] - 0.8).abs() < 1e-12);
+    }
+
+    #[test]
+    fn two_way_files_merge_neutral_and_contradiction() {
+        let rows = [row("entailment"), row("not_entailment")];
+        let refs: Vec<&NliRow> = rows.iter().collect();
+        // Entailment is the single most likely label of the second pair, but not more likely
+        // than neutral and contradiction together.
+        let scores = score(&refs, &[[0.6, 0.3, 0.1], [0.4, 0.3, 0.3]]);
+        assert_eq!(scores.accuracy, 1.0);
+        assert_eq!(scores.f1.len(), 2);
+    }
+}

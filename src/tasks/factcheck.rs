@@ -1,0 +1,523 @@
+//! Fact-checking a text against the sources a workspace trusts: find the check-worthy claims,
+//! retrieve evidence sentences from the sources (dense embeddings plus a lexical score), run NLI
+//! on each (evidence, claim) pair and aggregate the pairs into a verdict with citations.
+//!
+//! Source sentences are embedded once and cached by content hash, so re-checking a document on
+//! every keystroke burst does not re-embed sources that did not change.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::ops::Range;
+use std::sync::Mutex;
+
+use futures::stream::{FuturesUnordered, Stream};
+use serde::Serialize;
+use unicode_segmentation::UnicodeSegmentation;
+
+use serde::Deserialize;
+
+use super::embed::embed;
+use super::nli::NliModel;
+use crate::runtime::{Engine, EngineError};
+use crate::server::error::ApiError;
+use crate::server::Limits;
+use crate::text::offsets::{range_from_bytes, to_byte, OffsetUnit};
+
+/// A source the caller trusts.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub id: String,
+    pub text: String,
+    pub title: Option<String>,
+    pub url: Option<String>,
+}
+
+/// One retrieved evidence sentence and what the NLI model says about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Evidence {
+    pub source_id: String,
+    /// Byte range into the source's text (the API converts it to the caller's unit).
+    #[serde(skip)]
+    pub range: Range<usize>,
+    pub text: String,
+    /// Retrieval score: 0.8 × cosine + 0.2 × content-word overlap.
+    pub retrieval_score: f32,
+    /// NLI probabilities with the evidence as premise and the claim as hypothesis.
+    pub scores: BTreeMap<String, f32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Supported,
+    Refuted,
+    NotEnoughInfo,
+}
+
+/// One claim's verdict; `range` is a byte range into the checked text.
+#[derive(Debug, Clone)]
+pub struct ClaimResult {
+    pub index: usize,
+    pub range: Range<usize>,
+    pub verdict: Verdict,
+    /// The probability behind the verdict: the best evidence's entailment (supported) or
+    /// contradiction (refuted) probability, or for not-enough-info one minus the larger of the two.
+    pub confidence: f32,
+    pub evidence: Vec<Evidence>,
+}
+
+/// A verdict needs its NLI probability at or above this; below, the claim is not decided.
+pub const DECISION_THRESHOLD: f32 = 0.5;
+
+/// Retrieval and decision settings.
+#[derive(Debug, Clone, Copy)]
+pub struct FactcheckOptions {
+    /// Evidence sentences checked per claim.
+    pub top_k: usize,
+}
+
+/// Sentence embeddings of sources, by content hash, bounded in size.
+pub struct EmbeddingCache {
+    vectors: Mutex<HashMap<u64, Vec<f32>>>,
+    capacity: usize,
+}
+
+impl EmbeddingCache {
+    pub fn new(capacity: usize) -> Self {
+        Self { vectors: Mutex::new(HashMap::new()), capacity }
+    }
+
+    pub fn len(&self) -> usize {
+        self.vectors.lock().map_or(0, |v| v.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Embeddings of `texts`, computing only those not cached.
+    async fn embed(&self, engine: &Engine, texts: &[&str]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let keys: Vec<u64> = texts.iter().map(|t| content_hash(t)).collect();
+        let missing: Vec<usize> = {
+            let cached = self.vectors.lock().map_err(|_| EngineError::Stopped)?;
+            let mut seen = HashSet::new();
+            (0..texts.len()).filter(|&i| !cached.contains_key(&keys[i]) && seen.insert(keys[i])).collect()
+        };
+        if !missing.is_empty() {
+            let fresh = embed(engine, missing.iter().map(|&i| texts[i].to_string()).collect(), true).await?;
+            let mut cached = self.vectors.lock().map_err(|_| EngineError::Stopped)?;
+            // A full cache starts over: simple, and the next request refills what it needs.
+            if cached.len() + missing.len() > self.capacity {
+                cached.clear();
+            }
+            for (&i, vector) in missing.iter().zip(fresh.vectors) {
+                cached.insert(keys[i], vector);
+            }
+        }
+        let cached = self.vectors.lock().map_err(|_| EngineError::Stopped)?;
+        let mut out = Vec::with_capacity(texts.len());
+        for key in &keys {
+            match cached.get(key) {
+                Some(vector) => out.push(vector.clone()),
+                None => return Err(EngineError::Model("embedding cache lost an entry".into())),
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn content_hash(text: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Words that open a greeting, thanks or sign-off rather than a statement.
+const GREETINGS: [&str; 12] = [
+    "hi",
+    "hello",
+    "hey",
+    "thanks",
+    "thank",
+    "dear",
+    "cheers",
+    "regards",
+    "welcome",
+    "goodbye",
+    "bye",
+    "congratulations",
+];
+
+/// Verbs that open an instruction to the reader ("Click save.", "Please review.").
+const IMPERATIVES: [&str; 24] = [
+    "please", "let's", "click", "see", "note", "make", "add", "remove", "check", "use", "run", "read", "go", "take",
+    "try", "do", "don't", "send", "call", "open", "review", "consider", "imagine", "remember",
+];
+
+/// The check-worthy sentences of `text`, as trimmed byte ranges: statements of at least four
+/// words. Rule-based, not learned: questions, greetings and imperatives are skipped.
+pub fn claim_ranges(text: &str) -> Vec<Range<usize>> {
+    text.split_sentence_bound_indices()
+        .filter_map(|(start, sentence)| {
+            let trimmed = sentence.trim();
+            if trimmed.is_empty() {
+                return None;
+            }
+            let offset = start + (sentence.len() - sentence.trim_start().len());
+            let words: Vec<&str> = trimmed.unicode_words().collect();
+            let first = words.first().map(|w| w.to_lowercase()).unwrap_or_default();
+            let is_question = trimmed.trim_end_matches(['"', '\'', ')', '”', '’']).ends_with('?');
+            let not_claim = words.len() < 4
+                || is_question
+                || GREETINGS.contains(&first.as_str())
+                || IMPERATIVES.contains(&first.as_str())
+                || trimmed.ends_with('!') && words.len() < 6;
+            (!not_claim).then_some(offset..offset + trimmed.len())
+        })
+        .collect()
+}
+
+/// A sentence of a source.
+struct Passage {
+    source: usize,
+    range: Range<usize>,
+}
+
+fn passages(sources: &[Source]) -> Vec<Passage> {
+    sources
+        .iter()
+        .enumerate()
+        .flat_map(|(source, s)| {
+            s.text.split_sentence_bound_indices().filter_map(move |(start, sentence)| {
+                let trimmed = sentence.trim();
+                let offset = start + (sentence.len() - sentence.trim_start().len());
+                (trimmed.unicode_words().count() >= 3)
+                    .then_some(Passage { source, range: offset..offset + trimmed.len() })
+            })
+        })
+        .collect()
+}
+
+/// Lower-cased words of three or more letters: a crude content-word filter for the lexical score.
+fn content_words(text: &str) -> HashSet<String> {
+    text.unicode_words().filter(|w| w.chars().count() >= 3).map(str::to_lowercase).collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    dot / (norm(a) * norm(b))
+}
+
+/// The verdict for one claim from its evidence's NLI probabilities.
+pub fn decide(evidence: &[Evidence]) -> (Verdict, f32) {
+    let best = |label: &str| evidence.iter().map(|e| e.scores.get(label).copied().unwrap_or(0.0)).fold(0.0, f32::max);
+    let (entail, contra) = (best("entailment"), best("contradiction"));
+    if entail >= DECISION_THRESHOLD && entail >= contra {
+        (Verdict::Supported, entail)
+    } else if contra >= DECISION_THRESHOLD {
+        (Verdict::Refuted, contra)
+    } else {
+        (Verdict::NotEnoughInfo, 1.0 - entail.max(contra))
+    }
+}
+
+/// Checks the claims at `claims` (byte ranges of `text`) against `sources`; yields each claim's
+/// result as soon as it is decided (not in text order). Dropping the stream cancels the rest.
+pub async fn check<'a>(
+    embedder: &'a Engine,
+    nli: &'a NliModel,
+    cache: &'a EmbeddingCache,
+    text: &'a str,
+    claims: Vec<Range<usize>>,
+    sources: &'a [Source],
+    options: FactcheckOptions,
+) -> Result<impl Stream<Item = Result<ClaimResult, EngineError>> + 'a, EngineError> {
+    let passages = passages(sources);
+    let passage_texts: Vec<&str> = passages.iter().map(|p| &sources[p.source].text[p.range.clone()]).collect();
+    let passage_vectors = cache.embed(embedder, &passage_texts).await?;
+    let claim_texts: Vec<String> = claims.iter().map(|r| text[r.clone()].to_string()).collect();
+    let claim_vectors = embed(embedder, claim_texts.clone(), true).await?.vectors;
+    let passage_words: Vec<HashSet<String>> = passage_texts.iter().map(|t| content_words(t)).collect();
+    let top_k = options.top_k.max(1);
+
+    let pending: FuturesUnordered<_> = claims
+        .into_iter()
+        .zip(claim_texts)
+        .zip(claim_vectors)
+        .enumerate()
+        .map(|(index, ((range, claim), vector))| {
+            let words = content_words(&claim);
+            let mut ranked: Vec<(usize, f32)> = passage_vectors
+                .iter()
+                .zip(&passage_words)
+                .enumerate()
+                .map(|(i, (pv, pw))| {
+                    let overlap =
+                        if words.is_empty() { 0.0 } else { words.intersection(pw).count() as f32 / words.len() as f32 };
+                    (i, 0.8 * cosine(&vector, pv) + 0.2 * overlap)
+                })
+                .collect();
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+            ranked.truncate(top_k);
+            let candidates: Vec<Evidence> = ranked
+                .iter()
+                .map(|&(i, retrieval_score)| Evidence {
+                    source_id: sources[passages[i].source].id.clone(),
+                    range: passages[i].range.clone(),
+                    text: passage_texts[i].to_string(),
+                    retrieval_score,
+                    scores: BTreeMap::new(),
+                })
+                .collect();
+            async move {
+                let pairs = candidates.iter().map(|e| (e.text.clone(), claim.clone())).collect();
+                let verdicts = nli.classify(pairs).await?;
+                let evidence: Vec<Evidence> = candidates
+                    .into_iter()
+                    .zip(verdicts)
+                    .map(|(evidence, verdict)| Evidence { scores: verdict.scores, ..evidence })
+                    .collect();
+                let (verdict, confidence) = decide(&evidence);
+                Ok(ClaimResult { index, range, verdict, confidence, evidence })
+            }
+        })
+        .collect();
+    Ok(pending)
+}
+
+// The request and response of `/v1/factcheck` and `concord factcheck`.
+
+/// Most sources per request.
+pub const MAX_SOURCES: usize = 1000;
+/// Most evidence sentences per claim.
+pub const MAX_TOP_K: usize = 20;
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FactcheckRequest {
+    text: String,
+    sources: Vec<SourceInput>,
+    /// Check exactly these ranges of `text` instead of finding claims.
+    spans: Option<Vec<SpanInput>>,
+    #[serde(default)]
+    offsets: OffsetUnit,
+    /// Evidence sentences checked per claim (default 3, at most 20).
+    top_k: Option<usize>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceInput {
+    id: String,
+    text: String,
+    title: Option<String>,
+    url: Option<String>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpanInput {
+    start: usize,
+    end: usize,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ClaimView {
+    start: usize,
+    end: usize,
+    text: String,
+    verdict: Verdict,
+    confidence: f32,
+    evidence: Vec<EvidenceView>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EvidenceView {
+    source_id: String,
+    /// The source's title and URL, when the request gave them: what a citation shows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    /// Offsets into the source's text, in the request's unit.
+    start: usize,
+    end: usize,
+    text: String,
+    retrieval_score: f32,
+    scores: std::collections::BTreeMap<String, f32>,
+}
+
+#[derive(Serialize, Default, utoipa::ToSchema)]
+pub struct Totals {
+    claims: usize,
+    supported: usize,
+    refuted: usize,
+    not_enough_info: usize,
+}
+
+impl Totals {
+    pub fn add(&mut self, verdict: Verdict) {
+        self.claims += 1;
+        match verdict {
+            Verdict::Supported => self.supported += 1,
+            Verdict::Refuted => self.refuted += 1,
+            Verdict::NotEnoughInfo => self.not_enough_info += 1,
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct FactcheckResponse {
+    pub model: String,
+    pub offsets: OffsetUnit,
+    pub claims: Vec<ClaimView>,
+    pub totals: Totals,
+}
+
+/// A validated request, owned, so a streaming response can outlive the handler.
+pub struct Job {
+    pub text: String,
+    pub sources: Vec<Source>,
+    pub claims: Vec<Range<usize>>,
+    pub unit: OffsetUnit,
+    pub options: FactcheckOptions,
+}
+
+impl Job {
+    /// Checks this job's claims; see [`check`].
+    pub async fn check<'a>(
+        &'a self,
+        embedder: &'a Engine,
+        nli: &'a NliModel,
+        cache: &'a EmbeddingCache,
+    ) -> Result<impl Stream<Item = Result<ClaimResult, EngineError>> + 'a, EngineError> {
+        check(embedder, nli, cache, &self.text, self.claims.clone(), &self.sources, self.options).await
+    }
+
+    pub fn view(&self, result: ClaimResult) -> ClaimView {
+        let [start, end] = range_from_bytes(&self.text, result.range.clone(), self.unit);
+        ClaimView {
+            start,
+            end,
+            text: self.text[result.range].to_string(),
+            verdict: result.verdict,
+            confidence: result.confidence,
+            evidence: result
+                .evidence
+                .into_iter()
+                .map(|e| {
+                    let source = self.sources.iter().find(|s| s.id == e.source_id);
+                    let [start, end] =
+                        range_from_bytes(source.map_or("", |s| s.text.as_str()), e.range.clone(), self.unit);
+                    EvidenceView {
+                        source_id: e.source_id,
+                        title: source.and_then(|s| s.title.clone()),
+                        url: source.and_then(|s| s.url.clone()),
+                        start,
+                        end,
+                        text: e.text,
+                        retrieval_score: e.retrieval_score,
+                        scores: e.scores,
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+impl FactcheckRequest {
+    /// Checks the request against `limits` and resolves the claims to check.
+    pub fn validate(self, limits: &Limits) -> Result<Job, ApiError> {
+        let request = self;
+        if request.text.trim().is_empty() {
+            return Err(ApiError::invalid("empty_input", "`text` is empty"));
+        }
+        limits.check_chars("`text`", &request.text)?;
+        if request.sources.is_empty() {
+            return Err(ApiError::invalid(
+                "no_sources",
+                "`sources` is empty: give at least one source to check against",
+            ));
+        }
+        if request.sources.len() > MAX_SOURCES {
+            return Err(ApiError::invalid(
+                "too_many_sources",
+                format!("{} sources; the limit is {MAX_SOURCES} per request", request.sources.len()),
+            ));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, source) in request.sources.iter().enumerate() {
+            if !ids.insert(source.id.as_str()) {
+                return Err(ApiError::invalid(
+                    "duplicate_source_id",
+                    format!("sources[{i}].id '{}' is used twice", source.id),
+                ));
+            }
+            limits.check_chars(&format!("sources[{i}].text"), &source.text)?;
+        }
+        let top_k = request.top_k.unwrap_or(3);
+        if top_k == 0 || top_k > MAX_TOP_K {
+            return Err(ApiError::invalid("invalid_top_k", format!("`top_k` must be within 1..={MAX_TOP_K}")));
+        }
+        let claims = match &request.spans {
+            Some(spans) => spans
+                .iter()
+                .enumerate()
+                .map(|(i, span)| {
+                    let start = to_byte(&request.text, span.start, request.offsets);
+                    let end = to_byte(&request.text, span.end, request.offsets);
+                    match (start, end) {
+                        (Some(start), Some(end)) if start < end => Ok(start..end),
+                        _ => Err(ApiError::invalid(
+                            "invalid_span",
+                            format!(
+                                "spans[{i}] ({}..{}) is empty, reversed, past the end of `text` or inside a character",
+                                span.start, span.end
+                            ),
+                        )),
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            None => claim_ranges(&request.text),
+        };
+        let sources = request
+            .sources
+            .into_iter()
+            .map(|s| Source { id: s.id, text: s.text, title: s.title, url: s.url })
+            .collect();
+        Ok(Job { text: request.text, sources, claims, unit: request.offsets, options: FactcheckOptions { top_k } })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn questions_greetings_and_imperatives_are_not_claims() {
+        let text = "Hi team, thanks for the notes! The Eiffel Tower is 330 metres tall. Is it in Paris? \
+                    Please check the figures. Sea levels rose by 20 cm since 1900.";
+        let claims: Vec<&str> = claim_ranges(text).into_iter().map(|r| &text[r]).collect();
+        assert_eq!(claims, vec!["The Eiffel Tower is 330 metres tall.", "Sea levels rose by 20 cm since 1900."]);
+    }
+
+    fn evidence(entail: f32, contra: f32) -> Evidence {
+        let scores = [("entailment", entail), ("neutral", 1.0 - entail - contra), ("contradiction", contra)]
+            .into_iter()
+            .map(|(l, p)| (l.to_string(), p))
+            .collect();
+        Evidence { source_id: "s".into(), range: 0..1, text: "x".into(), retrieval_score: 1.0, scores }
+    }
+
+    #[test]
+    fn verdicts_follow_the_strongest_evidence() {
+        assert_eq!(decide(&[evidence(0.1, 0.1), evidence(0.8, 0.1)]), (Verdict::Supported, 0.8));
+        assert_eq!(decide(&[evidence(0.2, 0.7)]), (Verdict::Refuted, 0.7));
+        let (verdict, confidence) = decide(&[evidence(0.3, 0.2)]);
+        assert_eq!(verdict, Verdict::NotEnoughInfo);
+        assert!((confidence - 0.7).abs() < 1e-6);
+        assert_eq!(decide(&[]).0, Verdict::NotEnoughInfo);
+    }
+}

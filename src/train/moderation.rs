@@ -1,0 +1,310 @@
+//! Trains the default moderation model: the top layers of the shared encoder fine-tuned with a
+//! sentence head (one sigmoid per category) and a token head (offending spans), thresholds
+//! calibrated on dev. Writes a model folder [`crate::tasks::moderate::Moderator`] loads.
+//!
+//! Labels come from the `moderation` schema: `offensive` and `targeted` from OLID subtasks A
+//! and B, `hate` from Davidson et al.'s hate-speech class, spans from Toxic Spans. A row
+//! trains only the outputs it has labels for (the others are masked out of the loss).
+//! Davidson's own `offensive` flag is not used: it marks 83% of its tweets, a much looser
+//! notion than OLID's.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{ensure, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{Linear, Module};
+use indicatif::ProgressBar;
+use serde::Serialize;
+
+use super::finetune::{
+    linear_head, masked_bce, read_rows, train_epochs, Batch, Cached, DataFile, FinetuneOptions, Params, Rng, Session,
+    TopLayers, TrainReport,
+};
+use crate::eval::moderation::{best_threshold, binary_scores, chars_of_byte_ranges, span_f1, ModerationRow};
+use crate::model::TextTokenizer;
+use crate::tasks::moderate::{spans_from_token_probs, ModerationConfig, CONFIG_FILE};
+
+pub const CATEGORIES: [&str; 3] = ["offensive", "hate", "targeted"];
+
+/// What one text teaches: the labels it has.
+struct Labels {
+    row: ModerationRow,
+    /// Per category: `Some(1.0 | 0.0)` when labelled.
+    sentence: [Option<f32>; 3],
+    /// Per token: 1.0 inside a gold span; `None` for rows without span annotation.
+    token_labels: Option<Vec<f32>>,
+}
+
+type Example = Cached<Labels>;
+
+impl Labels {
+    fn example(row: ModerationRow, tokenizer: &TextTokenizer) -> Result<Example> {
+        let tokens = tokenizer.encode(&row.text)?;
+        let as_label = |flag: Option<bool>| flag.map(|f| if f { 1.0 } else { 0.0 });
+        let sentence = [as_label(row.olid_offensive()), as_label(row.hate_speech()), as_label(row.olid_targeted())];
+        let token_labels = row.gold_chars().map(|gold| {
+            let toxic_bytes: Vec<bool> = {
+                let mut bytes = vec![false; row.text.len()];
+                for (index, (byte, c)) in row.text.char_indices().enumerate() {
+                    if gold.contains(&index) {
+                        bytes[byte..byte + c.len_utf8()].fill(true);
+                    }
+                }
+                bytes
+            };
+            tokens
+                .offsets
+                .iter()
+                .map(|&(start, end)| {
+                    let inside =
+                        end > start && toxic_bytes[start.min(end)..end.min(toxic_bytes.len())].iter().any(|&t| t);
+                    if inside {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        });
+        Ok(Cached::new(tokens, Self { row, sentence, token_labels }))
+    }
+}
+
+/// Dev metrics of one epoch, with the thresholds calibrated on the same dev data.
+#[derive(Debug, Clone, Serialize)]
+pub struct DevReport {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub span_f1: Option<f64>,
+    pub span_threshold: f32,
+    /// Per category: macro-F1 at the calibrated threshold.
+    pub category_macro_f1: BTreeMap<String, f64>,
+    pub thresholds: BTreeMap<String, f32>,
+    pub seconds: f64,
+}
+
+impl DevReport {
+    /// What selects the best epoch: the mean of every available dev metric.
+    fn score(&self) -> f64 {
+        let mut values: Vec<f64> = self.category_macro_f1.values().copied().collect();
+        values.extend(self.span_f1);
+        values.iter().sum::<f64>() / values.len().max(1) as f64
+    }
+}
+
+/// The heads being trained.
+struct Heads {
+    sentence: Linear,
+    token: Linear,
+}
+
+impl Heads {
+    fn new(hidden: usize, params: &mut Params, rng: &mut Rng, device: &Device) -> Result<Self> {
+        Ok(Self {
+            sentence: linear_head("heads.sentence", CATEGORIES.len(), hidden, params, rng, device)?,
+            token: linear_head("heads.token", 1, hidden, params, rng, device)?,
+        })
+    }
+}
+
+/// `[n, len, hidden]` through a linear layer as one `[n·len, hidden]` matmul.
+fn token_logits(head: &Linear, xs: &Tensor) -> Result<Tensor> {
+    let (n, len, hidden) = xs.dims3()?;
+    Ok(head.forward(&xs.reshape((n * len, hidden))?)?.reshape((n, len))?)
+}
+
+struct Model {
+    top: TopLayers,
+    heads: Heads,
+}
+
+impl Model {
+    /// Sentence logits `[n, categories]` and token logits `[n, len]`.
+    fn forward(&self, batch: &Batch, rate: f32, rng: &mut Rng) -> Result<(Tensor, Tensor)> {
+        let xs = self.top.forward(batch, rate, rng)?;
+        let pooled = batch.mean_pool(&xs)?;
+        Ok((self.heads.sentence.forward(&pooled)?, token_logits(&self.heads.token, &xs)?))
+    }
+}
+
+fn targets(examples: &[&Example], longest: usize, device: &Device) -> Result<[Tensor; 4]> {
+    let n = examples.len();
+    let mut sentence: Vec<f32> = Vec::with_capacity(n * 3);
+    let mut sentence_mask: Vec<f32> = Vec::with_capacity(n * 3);
+    let (mut tokens, mut token_mask) = (vec![0f32; n * longest], vec![0f32; n * longest]);
+    for (row, example) in examples.iter().enumerate() {
+        for label in example.label.sentence {
+            sentence.push(label.unwrap_or(0.0));
+            sentence_mask.push(if label.is_some() { 1.0 } else { 0.0 });
+        }
+        if let Some(labels) = &example.label.token_labels {
+            for (i, (&label, &(start, end))) in labels.iter().zip(&example.tokens.offsets).enumerate() {
+                tokens[row * longest + i] = label;
+                token_mask[row * longest + i] = if end > start { 1.0 } else { 0.0 };
+            }
+        }
+    }
+    Ok([
+        Tensor::from_vec(sentence, (n, 3), device)?,
+        Tensor::from_vec(sentence_mask, (n, 3), device)?,
+        Tensor::from_vec(tokens, (n, longest), device)?,
+        Tensor::from_vec(token_mask, (n, longest), device)?,
+    ])
+}
+
+/// Per dev example: category probabilities and token probabilities.
+fn predict(model: &Model, examples: &[Example], device: &Device) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+    let mut out = vec![(Vec::new(), Vec::new()); examples.len()];
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| examples[i].tokens.ids.len());
+    let mut rng = Rng::new(0);
+    for chunk in order.chunks(64) {
+        let cached: Vec<&[f32]> = chunk.iter().map(|&i| examples[i].states.as_slice()).collect();
+        let batch = Batch::assemble(&cached, model.top.hidden, device)?;
+        let (sentence, tokens) = model.forward(&batch, 0.0, &mut rng)?;
+        let sentence = candle_nn::ops::sigmoid(&sentence)?.to_vec2::<f32>()?;
+        let tokens = candle_nn::ops::sigmoid(&tokens)?.to_vec2::<f32>()?;
+        for (((&i, s), mut t), &len) in chunk.iter().zip(sentence).zip(tokens).zip(&batch.lengths) {
+            t.truncate(len);
+            out[i] = (s, t);
+        }
+    }
+    Ok(out)
+}
+
+/// Calibrates thresholds on dev and reports the metrics they give.
+fn evaluate(model: &Model, dev: &[Example], device: &Device, epoch: usize, train_loss: f64) -> Result<DevReport> {
+    let started = Instant::now();
+    let predictions = predict(model, dev, device)?;
+    let mut category_macro_f1 = BTreeMap::new();
+    let mut thresholds = BTreeMap::new();
+    for (c, name) in CATEGORIES.iter().enumerate() {
+        let labelled: Vec<(f32, bool)> = dev
+            .iter()
+            .zip(&predictions)
+            .filter_map(|(e, (s, _))| e.label.sentence[c].map(|g| (s[c], g > 0.5)))
+            .collect();
+        if labelled.is_empty() {
+            thresholds.insert(name.to_string(), 0.5);
+            continue;
+        }
+        let gold: Vec<bool> = labelled.iter().map(|&(_, g)| g).collect();
+        let (threshold, f1) = best_threshold(|t| {
+            let predicted: Vec<bool> = labelled.iter().map(|&(s, _)| s >= t).collect();
+            binary_scores(&predicted, &gold).macro_f1()
+        });
+        thresholds.insert(name.to_string(), threshold);
+        category_macro_f1.insert(name.to_string(), f1);
+    }
+    let spanned: Vec<(&Example, &Vec<f32>)> =
+        dev.iter().zip(&predictions).filter(|(e, _)| e.label.row.spans.is_some()).map(|(e, (_, t))| (e, t)).collect();
+    let (span_threshold, span_score) = if spanned.is_empty() {
+        (0.5, None)
+    } else {
+        let golds: Vec<_> = spanned.iter().map(|(e, _)| e.label.row.gold_chars().unwrap_or_default()).collect();
+        let (threshold, f1) = best_threshold(|t| {
+            spanned
+                .iter()
+                .zip(&golds)
+                .map(|((e, probs), gold)| {
+                    let spans = spans_from_token_probs(&e.label.row.text, &e.tokens.offsets, probs, t);
+                    let ranges: Vec<_> = spans.into_iter().map(|s| s.range).collect();
+                    span_f1(gold, &chars_of_byte_ranges(&e.label.row.text, &ranges))
+                })
+                .sum::<f64>()
+                / spanned.len() as f64
+        });
+        (threshold, Some(f1))
+    };
+    Ok(DevReport {
+        epoch,
+        train_loss,
+        span_f1: span_score,
+        span_threshold,
+        category_macro_f1,
+        thresholds,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Trains on `train_files`, calibrates on `dev_files`, writes the model folder `out`.
+pub fn train(
+    train_files: &[DataFile],
+    dev_files: &[DataFile],
+    out: &Path,
+    options: &FinetuneOptions,
+    bar: &ProgressBar,
+) -> Result<TrainReport<DevReport>> {
+    let session = Session::start(options)?;
+    let device = session.device.clone();
+    let mut rng = Rng::new(options.seed);
+    let to_examples = |rows: Vec<ModerationRow>| -> Result<Vec<Example>> {
+        rows.into_iter().map(|row| Labels::example(row, &session.tokenizer)).collect()
+    };
+    let mut train = to_examples(read_rows(train_files, &mut rng)?)?;
+    let mut dev = to_examples(read_rows(dev_files, &mut rng)?)?;
+    ensure!(!train.is_empty() && !dev.is_empty(), "no training or no dev rows");
+
+    let mut params = Params::default();
+    let top = TopLayers::load(&session.base_dir, &session.base.encoder, options.layers, &mut params, &device)?;
+    let heads = Heads::new(top.hidden, &mut params, &mut rng, &device)?;
+    let model = Model { top, heads };
+
+    bar.set_length((train.len() + dev.len()) as u64);
+    bar.set_message("caching frozen layers");
+    session.cache(&model.top, &mut train, bar)?;
+    session.cache(&model.top, &mut dev, bar)?;
+
+    let mut reports: Vec<DevReport> = Vec::new();
+    let mut best: Option<(usize, f64)> = None;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let loss = |batch: &Batch, examples: &[&Example], rng: &mut Rng| -> Result<Tensor> {
+        let [sentence_y, sentence_mask, token_y, token_mask] = targets(examples, batch.longest(), &device)?;
+        let (sentence, tokens) = model.forward(batch, options.dropout, rng)?;
+        Ok((masked_bce(&sentence, &sentence_y, &sentence_mask)? + masked_bce(&tokens, &token_y, &token_mask)?)?)
+    };
+    let after_epoch = |epoch: usize, train_loss: f64| -> Result<()> {
+        let report = evaluate(&model, &dev, &device, epoch, train_loss)?;
+        bar.suspend(|| {
+            eprintln!(
+                "epoch {epoch}: loss {:.4}, dev span F1 {}, category macro-F1 {:?}",
+                report.train_loss,
+                report.span_f1.map_or("-".into(), |f| format!("{f:.4}")),
+                report.category_macro_f1
+            )
+        });
+        if best.map_or(true, |(_, score)| report.score() > score) {
+            best = Some((epoch, report.score()));
+            save(out, options, &params, &report)?;
+        }
+        reports.push(report);
+        Ok(())
+    };
+    train_epochs(options, &params, &train, model.top.hidden, &mut rng, bar, loss, after_epoch)?;
+    Ok(TrainReport {
+        options: options.clone(),
+        train_files: train_files.to_vec(),
+        dev_files: dev_files.to_vec(),
+        train_rows: train.len(),
+        dev_rows: dev.len(),
+        trainable_parameters: params.count(),
+        epochs: reports,
+        best_epoch: best.map_or(0, |(epoch, _)| epoch),
+    })
+}
+
+fn save(out: &Path, options: &FinetuneOptions, params: &Params, report: &DevReport) -> Result<()> {
+    let weights = "weights.safetensors";
+    params.save(&out.join(weights), DType::F16)?;
+    let config = ModerationConfig {
+        base_model: options.base_model.clone(),
+        weights: weights.to_string(),
+        categories: CATEGORIES.iter().map(|c| c.to_string()).collect(),
+        thresholds: report.thresholds.clone(),
+        span_threshold: report.span_threshold,
+    };
+    std::fs::write(out.join(CONFIG_FILE), serde_json::to_string_pretty(&config)? + "\n")
+        .with_context(|| format!("writing {}", out.join(CONFIG_FILE).display()))
+}

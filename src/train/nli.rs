@@ -1,0 +1,199 @@
+//! Trains Concord's own NLI cross-encoder: premise and hypothesis encoded together by the
+//! shared encoder with its top layers fine-tuned, a 3-way head over the mean-pooled states.
+//!
+//! 3-way rows (SICK, Climate-FEVER) train on their label; 2-way rows (RTE's `not_entailment`)
+//! train on the probability of the set {neutral, contradiction}, so one head learns from both.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{Linear, Module};
+use indicatif::ProgressBar;
+use serde::Serialize;
+
+use super::finetune::{
+    linear_head, read_rows, train_epochs, Batch, Cached, DataFile, FinetuneOptions, Params, Rng, Session, TopLayers,
+    TrainReport,
+};
+use crate::eval::nli::{score, NliRow, NliScores};
+use crate::tasks::nli::{NliConfig, CONFIG_FILE, LABELS};
+
+/// Dev metrics of one epoch, per dev file.
+#[derive(Debug, Clone, Serialize)]
+pub struct EpochReport {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub dev: BTreeMap<String, NliScores>,
+}
+
+impl EpochReport {
+    /// What selects the best epoch: the mean over dev files of macro-F1 and accuracy.
+    fn score(&self) -> f64 {
+        let values: Vec<f64> = self.dev.values().map(|s| (s.accuracy + s.macro_f1) / 2.0).collect();
+        values.iter().sum::<f64>() / values.len().max(1) as f64
+    }
+}
+
+/// Which of the 3 labels a row allows: one for 3-way rows, two for `not_entailment`.
+fn allowed(label: &str) -> Result<[f32; 3]> {
+    Ok(match label {
+        "entailment" => [1.0, 0.0, 0.0],
+        "neutral" => [0.0, 1.0, 0.0],
+        "contradiction" => [0.0, 0.0, 1.0],
+        "not_entailment" => [0.0, 1.0, 1.0],
+        other => anyhow::bail!("unknown NLI label '{other}'"),
+    })
+}
+
+/// `-log Σ_{allowed} softmax(logits)`, averaged over the batch.
+fn set_cross_entropy(logits: &Tensor, allowed: &Tensor) -> Result<Tensor> {
+    let all = logits.log_sum_exp(D::Minus1)?;
+    let hidden = ((allowed - 1.0)? * 1e4)?;
+    let gold = (logits + hidden)?.log_sum_exp(D::Minus1)?;
+    Ok((all - gold)?.mean_all()?)
+}
+
+struct Model {
+    top: TopLayers,
+    head: Linear,
+}
+
+impl Model {
+    fn logits(&self, batch: &Batch, rate: f32, rng: &mut Rng) -> Result<Tensor> {
+        let xs = self.top.forward(batch, rate, rng)?;
+        Ok(self.head.forward(&batch.mean_pool(&xs)?)?)
+    }
+
+    /// Class probabilities for `examples`, in their order.
+    fn predict(&self, examples: &[Cached<NliRow>], device: &Device) -> Result<Vec<[f32; 3]>> {
+        let mut out = vec![[0f32; 3]; examples.len()];
+        let mut order: Vec<usize> = (0..examples.len()).collect();
+        order.sort_by_key(|&i| examples[i].tokens.ids.len());
+        let mut rng = Rng::new(0);
+        for chunk in order.chunks(64) {
+            let cached: Vec<&[f32]> = chunk.iter().map(|&i| examples[i].states.as_slice()).collect();
+            let batch = Batch::assemble(&cached, self.top.hidden, device)?;
+            let probs = candle_nn::ops::softmax(&self.logits(&batch, 0.0, &mut rng)?, D::Minus1)?.to_vec2::<f32>()?;
+            for (&i, p) in chunk.iter().zip(probs) {
+                out[i] = [p[0], p[1], p[2]];
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Trains on `train_files`, picks the best epoch on `dev_files`, writes the model folder `out`.
+pub fn train(
+    train_files: &[DataFile],
+    dev_files: &[DataFile],
+    out: &Path,
+    options: &FinetuneOptions,
+    bar: &ProgressBar,
+) -> Result<TrainReport<EpochReport>> {
+    let session = Session::start(options)?;
+    let device = session.device.clone();
+    let mut rng = Rng::new(options.seed);
+    let encode = |row: NliRow| -> Result<Cached<NliRow>> {
+        allowed(&row.label)?;
+        Ok(Cached::new(session.tokenizer.encode_pair(&row.premise, &row.hypothesis)?, row))
+    };
+    let mut train: Vec<Cached<NliRow>> =
+        read_rows::<NliRow>(train_files, &mut rng)?.into_iter().map(encode).collect::<Result<_>>()?;
+    let mut devs: Vec<(String, Vec<Cached<NliRow>>)> = Vec::new();
+    for file in dev_files {
+        let rows = read_rows::<NliRow>(std::slice::from_ref(file), &mut rng)?;
+        let name = file
+            .path
+            .parent()
+            .and_then(|p| p.file_name())
+            .map_or_else(|| file.path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        devs.push((name, rows.into_iter().map(encode).collect::<Result<_>>()?));
+    }
+    ensure!(!train.is_empty(), "no training rows");
+
+    let mut params = Params::default();
+    let top = TopLayers::load(&session.base_dir, &session.base.encoder, options.layers, &mut params, &device)?;
+    let head = linear_head("heads.nli", LABELS.len(), top.hidden, &mut params, &mut rng, &device)?;
+    let model = Model { top, head };
+
+    bar.set_length((train.len() + devs.iter().map(|(_, d)| d.len()).sum::<usize>()) as u64);
+    bar.set_message("caching frozen layers");
+    session.cache(&model.top, &mut train, bar)?;
+    for (_, dev) in devs.iter_mut() {
+        session.cache(&model.top, dev, bar)?;
+    }
+
+    let mut reports = Vec::new();
+    let mut best: Option<(usize, f64)> = None;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let loss = |batch: &Batch, examples: &[&Cached<NliRow>], rng: &mut Rng| -> Result<Tensor> {
+        let allowed: Vec<f32> = examples.iter().map(|e| allowed(&e.label.label)).collect::<Result<Vec<_>>>()?.concat();
+        let allowed = Tensor::from_vec(allowed, (examples.len(), LABELS.len()), &device)?;
+        set_cross_entropy(&model.logits(batch, options.dropout, rng)?, &allowed)
+    };
+    let after_epoch = |epoch: usize, train_loss: f64| -> Result<()> {
+        let mut dev_scores = BTreeMap::new();
+        for (name, dev) in &devs {
+            let probs = model.predict(dev, &device)?;
+            let rows: Vec<&NliRow> = dev.iter().map(|e| &e.label).collect();
+            dev_scores.insert(name.clone(), score(&rows, &probs));
+        }
+        let report = EpochReport { epoch, train_loss, dev: dev_scores };
+        bar.suspend(|| {
+            let summary: Vec<String> = report
+                .dev
+                .iter()
+                .map(|(name, s)| format!("{name} acc {:.4} macro-F1 {:.4}", s.accuracy, s.macro_f1))
+                .collect();
+            eprintln!("epoch {epoch}: loss {train_loss:.4}, {}", summary.join(", "));
+        });
+        if best.map_or(true, |(_, s)| report.score() > s) {
+            best = Some((epoch, report.score()));
+            save(out, options, &params)?;
+        }
+        reports.push(report);
+        Ok(())
+    };
+    train_epochs(options, &params, &train, model.top.hidden, &mut rng, bar, loss, after_epoch)?;
+    Ok(TrainReport {
+        options: options.clone(),
+        train_files: train_files.to_vec(),
+        dev_files: dev_files.to_vec(),
+        train_rows: train.len(),
+        dev_rows: devs.iter().map(|(_, d)| d.len()).sum(),
+        trainable_parameters: params.count(),
+        epochs: reports,
+        best_epoch: best.map_or(0, |(epoch, _)| epoch),
+    })
+}
+
+fn save(out: &Path, options: &FinetuneOptions, params: &Params) -> Result<()> {
+    let weights = "weights.safetensors";
+    params.save(&out.join(weights), DType::F16)?;
+    let config = NliConfig {
+        base_model: options.base_model.clone(),
+        weights: weights.to_string(),
+        labels: LABELS.iter().map(|l| l.to_string()).collect(),
+    };
+    std::fs::write(out.join(CONFIG_FILE), serde_json::to_string_pretty(&config)? + "\n")
+        .with_context(|| format!("writing {}", out.join(CONFIG_FILE).display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_cross_entropy_sums_the_allowed_probabilities() -> Result<()> {
+        let device = Device::Cpu;
+        let logits = Tensor::new(&[[2f32, 1.0, 0.0], [2.0, 1.0, 0.0]], &device)?;
+        let allowed = Tensor::new(&[[1f32, 0.0, 0.0], [0.0, 1.0, 1.0]], &device)?;
+        let z: f32 = [2f32, 1.0, 0.0].iter().map(|x| x.exp()).sum();
+        let expected = (-(2f32.exp() / z).ln() - ((1f32.exp() + 1.0) / z).ln()) / 2.0;
+        let got = set_cross_entropy(&logits, &allowed)?.to_scalar::<f32>()?;
+        assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
+        Ok(())
+    }
+}
