@@ -2,7 +2,7 @@
 # Reproduce one of Concord's fine-tuned models from ../shared/data (about 30 minutes each on 2 CPU
 # cores): `scripts/train.sh moderation` writes models/moderation, `scripts/train.sh nli` writes
 # models/nli. Extra arguments go to `concord train TASK` (e.g. --out /tmp/x to leave the committed
-# model alone).
+# model alone). `scripts/train.sh intent` writes models/intent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -30,7 +30,13 @@ case "$task" in
       --dev "$data/climate_fever/dev.jsonl"
       --layers 2 --epochs 4 --seed 13
     ) ;;
-  *) echo "usage: scripts/train.sh moderation|nli [concord train flags]" >&2; exit 2 ;;
+  intent)
+    args=(
+      --data "$data/iterater_human/train.jsonl"
+      --dev "$data/iterater_human/dev.jsonl"
+      --layers 2 --epochs 6 --seed 13
+    ) ;;
+  *) echo "usage: scripts/train.sh moderation|nli|intent [concord train flags]" >&2; exit 2 ;;
 esac
 ./scripts/fetch-models.sh
 cargo build --release --locked --bin concord

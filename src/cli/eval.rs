@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{runtime, EncoderArgs, EngineArgs, ModelArgs, ModerationModelArgs, NliModelArgs};
+use super::{runtime, EncoderArgs, EngineArgs, IntentModelArgs, ModelArgs, ModerationModelArgs, NliModelArgs};
 use concord::eval;
 use concord::tasks::merge::Scorer;
 
@@ -58,6 +58,21 @@ pub struct EvalNliArgs {
     engine: EngineArgs,
 }
 
+#[derive(Args)]
+pub struct EvalIntentArgs {
+    /// Labelled JSONL: the `intent` schema, or IteraTeR document revisions (`doc_*.jsonl`, rows
+    /// with `edits`), which measure how many annotated edit regions the alignment finds.
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, value_enum, default_value = "table")]
+    format: ReportFormat,
+    #[command(flatten)]
+    intent: IntentModelArgs,
+    /// The embedding model behind `semantic_change`, with device and engine settings.
+    #[command(flatten)]
+    encoder: EncoderArgs,
+}
+
 #[derive(Subcommand)]
 pub enum EvalCommand {
     /// Merge suggestions against committed resolutions (`merge` schema).
@@ -66,6 +81,8 @@ pub enum EvalCommand {
     Moderation(EvalModerationArgs),
     /// NLI pairs: accuracy, macro-F1, per-label F1 (2-way files such as RTE scored 2-way).
     Nli(EvalNliArgs),
+    /// Edit intent: accuracy, macro-F1 over the five IteraTeR intents, per-class scores, confusion.
+    Intent(EvalIntentArgs),
     /// Fact-check claim–evidence pairs (`factcheck` schema): the same metrics, pair level.
     Factcheck(EvalNliArgs),
 }
@@ -104,6 +121,32 @@ pub fn run(command: EvalCommand) -> Result<ExitCode> {
             match args.format {
                 ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                 ReportFormat::Table => print!("{}", eval::nli::table(&report)),
+            }
+        }
+        EvalCommand::Intent(args) => {
+            let raw = std::fs::read_to_string(&args.data)?;
+            let is_documents = raw.lines().next().is_some_and(|l| l.contains("\"edits\""));
+            if is_documents {
+                let rows: Vec<eval::intent::DocumentRow> = eval::read_jsonl(&args.data)?;
+                let report = eval::intent::document_regions(&rows);
+                match args.format {
+                    ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                    ReportFormat::Table => print!("{}", eval::intent::document_table(&report)),
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let rows: Vec<eval::intent::IntentRow> = eval::read_jsonl(&args.data)?;
+            anyhow::ensure!(!rows.is_empty(), "{} has no rows", args.data.display());
+            let Some(model) = args.intent.load(&args.encoder.device, &args.encoder.engine)? else {
+                anyhow::bail!("no intent model: pass --intent-model DIR");
+            };
+            let embedder = args.encoder.start()?;
+            let bar = progress_bar();
+            let report = runtime()?.block_on(eval::intent::evaluate(&model, &embedder, &rows, &bar))?;
+            bar.finish_and_clear();
+            match args.format {
+                ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                ReportFormat::Table => print!("{}", eval::intent::table(&report)),
             }
         }
         EvalCommand::Moderation(args) => {

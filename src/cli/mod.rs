@@ -3,6 +3,7 @@
 mod embed;
 mod eval;
 mod factcheck;
+mod intent;
 mod merge;
 mod models;
 mod moderate;
@@ -20,6 +21,7 @@ use clap::{Args, Parser, Subcommand};
 use concord::model::{device, source::DEFAULT_MODEL, EmbeddingModel};
 use concord::runtime::{BatchLimits, Engine, EngineConfig, Models};
 use concord::server::{self, AppState, Limits};
+use concord::tasks::intent::{IntentModel, CONFIG_FILE as INTENT_CONFIG, DEFAULT_MODEL_DIR as DEFAULT_INTENT_DIR};
 use concord::tasks::moderate::{
     Moderator, CONFIG_FILE as MODERATION_CONFIG, DEFAULT_MODEL_DIR as DEFAULT_MODERATION_DIR,
 };
@@ -49,6 +51,8 @@ enum Command {
     Merge(merge::MergeArgs),
     /// Fact-check a text against sources (a /v1/factcheck request as JSON); one JSON line per claim.
     Factcheck(factcheck::FactcheckArgs),
+    /// Classify edits (JSONL with `before` and `after`): intent, scores, semantic change, diff.
+    Intent(intent::IntentArgs),
     /// Moderate texts from a file or stdin: category scores and offending spans, one JSON line per text.
     Moderate(moderate::ModerateArgs),
     /// Evaluate a task on labelled data and print its metrics.
@@ -133,6 +137,8 @@ struct ServeArgs {
     moderation: ModerationModelArgs,
     #[command(flatten)]
     nli: NliModelArgs,
+    #[command(flatten)]
+    intent: IntentModelArgs,
 }
 
 /// Which moderation model to load.
@@ -181,6 +187,30 @@ impl NliModelArgs {
         let loaded = NliModel::load(&spec, &device, dtype, engine.config())
             .with_context(|| format!("loading the NLI model {spec}"))?;
         tracing::info!(model = loaded.id(), "NLI model loaded");
+        Ok(Some(loaded))
+    }
+}
+
+/// Which edit-intent model to load.
+#[derive(Args, Clone)]
+pub struct IntentModelArgs {
+    /// Intent model folder (intent.json + weights); `none` turns /v1/intent off.
+    /// Default: the model committed under models/intent.
+    #[arg(long = "intent-model", env = "CONCORD_INTENT_MODEL")]
+    intent_model: Option<String>,
+}
+
+impl IntentModelArgs {
+    /// Loads the chosen model; `None` when turned off, or when the default folder is missing.
+    pub fn load(&self, model: &ModelArgs, engine: &EngineArgs) -> Result<Option<IntentModel>> {
+        let Some(dir) = task_model_dir(self.intent_model.as_deref(), DEFAULT_INTENT_DIR, INTENT_CONFIG) else {
+            return Ok(None);
+        };
+        let device = device::parse_device(&model.device)?;
+        let dtype = device::parse_dtype(&model.dtype, &device)?;
+        let loaded = IntentModel::load(&dir, &device, dtype, engine.config())
+            .with_context(|| format!("loading the intent model in {}", dir.display()))?;
+        tracing::info!(model = loaded.id(), "intent model loaded");
         Ok(Some(loaded))
     }
 }
@@ -261,6 +291,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(nli) = args.nli.load(&args.model, &args.engine)? {
                 state = state.with_nli(Arc::new(nli));
             }
+            if let Some(intent) = args.intent.load(&args.model, &args.engine)? {
+                state = state.with_intent(Arc::new(intent));
+            }
             let addr = SocketAddr::new(args.host, args.port);
             runtime()?.block_on(server::serve(state, addr))?;
             Ok(ExitCode::SUCCESS)
@@ -269,6 +302,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Merge(args) => merge::run(args),
         Command::Moderate(args) => moderate::run(args),
         Command::Factcheck(args) => factcheck::run(args),
+        Command::Intent(args) => intent::run(args),
         Command::Eval { command } => eval::run(command),
         Command::Train { command } => train::run(command),
         Command::Models { command } => models::run(command),

@@ -98,6 +98,8 @@ pub enum TrainCommand {
     Moderation(FinetuneArgs),
     /// The NLI cross-encoder (models/nli): fine-tuned top layers and a 3-way head.
     Nli(FinetuneArgs),
+    /// The edit-intent model (models/intent): fine-tuned top layers, a head over states and diff features.
+    Intent(FinetuneArgs),
 }
 
 pub fn run(command: TrainCommand) -> Result<ExitCode> {
@@ -119,6 +121,12 @@ pub fn run(command: TrainCommand) -> Result<ExitCode> {
         TrainCommand::Moderation(args) => {
             let bar = progress_bar();
             let report = train::moderation::train(&args.data, &args.dev, &args.out, &args.options(), &bar)?;
+            bar.finish_and_clear();
+            args.finish(&report)?;
+        }
+        TrainCommand::Intent(args) => {
+            let bar = progress_bar();
+            let report = train::intent::train(&args.data, &args.dev, &args.out, &args.options(), &bar)?;
             bar.finish_and_clear();
             args.finish(&report)?;
         }

@@ -1,5 +1,6 @@
 //! Batch evaluation on labelled JSONL files.
 
+pub mod intent;
 pub mod merge;
 pub mod moderation;
 pub mod nli;

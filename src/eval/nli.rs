@@ -8,6 +8,7 @@ use futures::StreamExt;
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
+use crate::tasks::factcheck::{decide, Evidence, Verdict};
 use crate::tasks::nli::{NliModel, LABELS};
 
 /// A row of the `nli` schema, or of `factcheck` (claim = hypothesis, evidence = premise).
@@ -18,6 +19,11 @@ pub struct NliRow {
     #[serde(alias = "claim")]
     pub hypothesis: String,
     pub label: String,
+    /// Fact-check rows: the claim this pair belongs to and the claim's own label.
+    #[serde(default)]
+    pub claim_id: Option<String>,
+    #[serde(default)]
+    pub claim_label: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -73,6 +79,12 @@ pub struct NliReport {
     pub model: String,
     #[serde(flatten)]
     pub scores: NliScores,
+    /// Claim-level accuracy of the fact-check verdict over each claim's evidence pairs, for
+    /// files with `claim_label` (claims labelled DISPUTED are left out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claim_accuracy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claims: Option<usize>,
     pub pairs_per_s: f64,
     pub seconds: f64,
 }
@@ -94,12 +106,36 @@ pub async fn evaluate(model: &NliModel, rows: &[NliRow], bar: &ProgressBar) -> R
     }
     let seconds = started.elapsed().as_secs_f64();
     let refs: Vec<&NliRow> = rows.iter().collect();
+    let claims = claim_verdicts(rows, &probs);
     Ok(NliReport {
         model: model.id().to_string(),
         scores: score(&refs, &probs),
+        claim_accuracy: (!claims.is_empty())
+            .then(|| claims.iter().filter(|(gold, verdict)| gold == verdict).count() as f64 / claims.len() as f64),
+        claims: (!claims.is_empty()).then_some(claims.len()),
         pairs_per_s: rows.len() as f64 / seconds.max(1e-9),
         seconds,
     })
+}
+
+/// `(gold, predicted)` verdicts per claim: the pairs of one `claim_id` are its evidence, decided
+/// as `/v1/factcheck` decides.
+fn claim_verdicts(rows: &[NliRow], probs: &[[f32; 3]]) -> Vec<(Verdict, Verdict)> {
+    let mut claims: BTreeMap<&str, (Verdict, Vec<Evidence>)> = BTreeMap::new();
+    for (row, p) in rows.iter().zip(probs) {
+        let (Some(id), Some(label)) = (&row.claim_id, &row.claim_label) else { continue };
+        let gold = match label.as_str() {
+            "SUPPORTS" => Verdict::Supported,
+            "REFUTES" => Verdict::Refuted,
+            "NOT_ENOUGH_INFO" => Verdict::NotEnoughInfo,
+            _ => continue,
+        };
+        let scores = LABELS.iter().zip(p).map(|(l, &v)| (l.to_string(), v)).collect();
+        let evidence =
+            Evidence { source_id: String::new(), range: 0..0, text: String::new(), retrieval_score: 1.0, scores };
+        claims.entry(id).or_insert_with(|| (gold, Vec::new())).1.push(evidence);
+    }
+    claims.into_values().map(|(gold, evidence)| (gold, decide(&evidence).0)).collect()
 }
 
 /// The report as aligned `metric value` lines.
@@ -113,6 +149,9 @@ pub fn table(report: &NliReport) -> String {
     for (label, f1) in &report.scores.f1 {
         lines.push(format!("f1 {label:<13} {f1:.4}"));
     }
+    if let (Some(accuracy), Some(claims)) = (report.claim_accuracy, report.claims) {
+        lines.push(format!("claim_accuracy   {accuracy:.4} ({claims} claims)"));
+    }
     lines.push(format!("pairs_per_s      {:.1}", report.pairs_per_s));
     lines.join("\n") + "\n"
 }
@@ -122,7 +161,7 @@ mod tests {
     use super::*;
 
     fn row(label: &str) -> NliRow {
-        NliRow { premise: "p".into(), hypothesis: "h".into(), label: label.into() }
+        NliRow { premise: "p".into(), hypothesis: "h".into(), label: label.into(), claim_id: None, claim_label: None }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 mod embeddings;
 pub mod error;
 mod factcheck;
+mod intent;
 mod json;
 mod merge;
 mod metrics;
@@ -22,6 +23,7 @@ use tower_http::trace::TraceLayer;
 use crate::model::ModelInfo;
 use crate::runtime::{Engine, Models};
 use crate::tasks::factcheck::EmbeddingCache;
+use crate::tasks::intent::IntentModel;
 use crate::tasks::merge::Scorer;
 use crate::tasks::moderate::{ModerationConfig, Moderator};
 use crate::tasks::nli::NliModel;
@@ -52,6 +54,8 @@ pub struct AppState {
     pub moderator: Option<Arc<Moderator>>,
     /// The NLI model; `/v1/nli` and `/v1/factcheck` answer 503 without one.
     pub nli: Option<Arc<NliModel>>,
+    /// The edit-intent model; `/v1/intent` answers 503 without one.
+    pub intent: Option<Arc<IntentModel>>,
     /// Source sentence embeddings for `/v1/factcheck`, by content hash.
     pub factcheck_cache: EmbeddingCache,
 }
@@ -65,6 +69,7 @@ impl AppState {
             merge_scorer: Scorer::default_model(),
             moderator: None,
             nli: None,
+            intent: None,
             factcheck_cache: EmbeddingCache::new(FACTCHECK_CACHE_SENTENCES),
         }
     }
@@ -75,6 +80,10 @@ impl AppState {
 
     pub fn with_nli(self, nli: Arc<NliModel>) -> Self {
         Self { nli: Some(nli), ..self }
+    }
+
+    pub fn with_intent(self, intent: Arc<IntentModel>) -> Self {
+        Self { intent: Some(intent), ..self }
     }
 
     /// The engine a request names (the default when it names none), or 404.
@@ -117,6 +126,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/moderate", post(moderate::create))
         .route("/v1/nli", post(nli::create))
         .route("/v1/factcheck", post(factcheck::create))
+        .route("/v1/intent", post(intent::create))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -172,6 +182,8 @@ pub struct Info {
     moderation: Option<ModerationInfo>,
     /// The NLI model's id, when one is loaded.
     nli: Option<String>,
+    /// The intent model's id, when one is loaded.
+    intent: Option<String>,
     limits: Limits,
 }
 
@@ -196,6 +208,7 @@ async fn info(State(state): State<SharedState>) -> Json<Info> {
             ModerationInfo { id: m.id().to_string(), base_model, categories, thresholds, span_threshold }
         }),
         nli: state.nli.as_ref().map(|m| m.id().to_string()),
+        intent: state.intent.as_ref().map(|m| m.id().to_string()),
         limits: state.limits,
     })
 }
@@ -204,7 +217,16 @@ async fn info(State(state): State<SharedState>) -> Json<Info> {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "Concord", description = "Local transformer models for collaborative editors"),
-    paths(health, info, embeddings::create, merge::create, moderate::create, nli::create, factcheck::create)
+    paths(
+        health,
+        info,
+        embeddings::create,
+        merge::create,
+        moderate::create,
+        nli::create,
+        factcheck::create,
+        intent::create
+    )
 )]
 pub struct ApiDoc;
 

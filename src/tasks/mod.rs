@@ -2,6 +2,7 @@
 
 pub mod embed;
 pub mod factcheck;
+pub mod intent;
 pub mod merge;
 pub mod moderate;
 pub mod nli;

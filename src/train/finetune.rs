@@ -172,10 +172,35 @@ pub fn length_bucketed_batches<L>(examples: &[Cached<L>], batch_size: usize, rng
     batches
 }
 
+impl<E> TrainReport<E> {
+    /// The report of a run over `train_rows` and `dev_rows` that trained `params`.
+    pub fn new(
+        options: &FinetuneOptions,
+        files: (&[DataFile], &[DataFile]),
+        rows: (usize, usize),
+        params: &Params,
+        (epochs, best_epoch): (Vec<E>, usize),
+    ) -> Self {
+        Self {
+            options: options.clone(),
+            train_files: files.0.to_vec(),
+            dev_files: files.1.to_vec(),
+            train_rows: rows.0,
+            dev_rows: rows.1,
+            trainable_parameters: params.count(),
+            epochs,
+            best_epoch,
+        }
+    }
+}
+
 /// Runs `options.epochs` epochs of AdamW over `train` (heads, named `heads.*`, at their own
 /// rate; linear warm-up over the first 1/16 of the steps, then linear decay). `loss` computes a
-/// batch's loss; `after_epoch` gets the epoch number and its mean training loss.
-pub fn train_epochs<L>(
+/// batch's loss; `evaluate` gets the epoch number and mean training loss and returns the
+/// epoch's dev report with its score; `save` runs whenever an epoch scores best so far.
+/// Returns every epoch's report and the best epoch.
+#[allow(clippy::too_many_arguments)]
+pub fn train_epochs<L, E>(
     options: &FinetuneOptions,
     params: &Params,
     train: &[Cached<L>],
@@ -183,8 +208,11 @@ pub fn train_epochs<L>(
     rng: &mut Rng,
     bar: &ProgressBar,
     mut loss: impl FnMut(&Batch, &[&Cached<L>], &mut Rng) -> Result<Tensor>,
-    mut after_epoch: impl FnMut(usize, f64) -> Result<()>,
-) -> Result<()> {
+    mut evaluate: impl FnMut(usize, f64) -> Result<(E, f64)>,
+    mut save: impl FnMut(&E) -> Result<()>,
+) -> Result<(Vec<E>, usize)> {
+    let mut reports = Vec::new();
+    let mut best: Option<(usize, f64)> = None;
     let device = Device::Cpu;
     let is_head = |name: &str| name.starts_with("heads.");
     let adam = |lr: f64| ParamsAdamW { lr, weight_decay: 0.01, ..Default::default() };
@@ -220,9 +248,14 @@ pub fn train_epochs<L>(
             step += 1;
             bar.inc(1);
         }
-        after_epoch(epoch, loss_sum / steps_per_epoch.max(1) as f64)?;
+        let (report, score) = evaluate(epoch, loss_sum / steps_per_epoch.max(1) as f64)?;
+        if best.map_or(true, |(_, best_score)| score > best_score) {
+            best = Some((epoch, score));
+            save(&report)?;
+        }
+        reports.push(report);
     }
-    Ok(())
+    Ok((reports, best.map_or(0, |(epoch, _)| epoch)))
 }
 
 /// Trainable tensors with the names they are saved under.

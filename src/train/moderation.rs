@@ -257,15 +257,13 @@ pub fn train(
     session.cache(&model.top, &mut train, bar)?;
     session.cache(&model.top, &mut dev, bar)?;
 
-    let mut reports: Vec<DevReport> = Vec::new();
-    let mut best: Option<(usize, f64)> = None;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let loss = |batch: &Batch, examples: &[&Example], rng: &mut Rng| -> Result<Tensor> {
         let [sentence_y, sentence_mask, token_y, token_mask] = targets(examples, batch.longest(), &device)?;
         let (sentence, tokens) = model.forward(batch, options.dropout, rng)?;
         Ok((masked_bce(&sentence, &sentence_y, &sentence_mask)? + masked_bce(&tokens, &token_y, &token_mask)?)?)
     };
-    let after_epoch = |epoch: usize, train_loss: f64| -> Result<()> {
+    let evaluate = |epoch: usize, train_loss: f64| {
         let report = evaluate(&model, &dev, &device, epoch, train_loss)?;
         bar.suspend(|| {
             eprintln!(
@@ -275,24 +273,21 @@ pub fn train(
                 report.category_macro_f1
             )
         });
-        if best.map_or(true, |(_, score)| report.score() > score) {
-            best = Some((epoch, report.score()));
-            save(out, options, &params, &report)?;
-        }
-        reports.push(report);
-        Ok(())
+        let score = report.score();
+        Ok((report, score))
     };
-    train_epochs(options, &params, &train, model.top.hidden, &mut rng, bar, loss, after_epoch)?;
-    Ok(TrainReport {
-        options: options.clone(),
-        train_files: train_files.to_vec(),
-        dev_files: dev_files.to_vec(),
-        train_rows: train.len(),
-        dev_rows: dev.len(),
-        trainable_parameters: params.count(),
-        epochs: reports,
-        best_epoch: best.map_or(0, |(epoch, _)| epoch),
-    })
+    let outcome = train_epochs(
+        options,
+        &params,
+        &train,
+        model.top.hidden,
+        &mut rng,
+        bar,
+        loss,
+        evaluate,
+        |report: &DevReport| save(out, options, &params, report),
+    )?;
+    Ok(TrainReport::new(options, (train_files, dev_files), (train.len(), dev.len()), &params, outcome))
 }
 
 fn save(out: &Path, options: &FinetuneOptions, params: &Params, report: &DevReport) -> Result<()> {

@@ -125,15 +125,13 @@ pub fn train(
         session.cache(&model.top, dev, bar)?;
     }
 
-    let mut reports = Vec::new();
-    let mut best: Option<(usize, f64)> = None;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let loss = |batch: &Batch, examples: &[&Cached<NliRow>], rng: &mut Rng| -> Result<Tensor> {
         let allowed: Vec<f32> = examples.iter().map(|e| allowed(&e.label.label)).collect::<Result<Vec<_>>>()?.concat();
         let allowed = Tensor::from_vec(allowed, (examples.len(), LABELS.len()), &device)?;
         set_cross_entropy(&model.logits(batch, options.dropout, rng)?, &allowed)
     };
-    let after_epoch = |epoch: usize, train_loss: f64| -> Result<()> {
+    let evaluate = |epoch: usize, train_loss: f64| {
         let mut dev_scores = BTreeMap::new();
         for (name, dev) in &devs {
             let probs = model.predict(dev, &device)?;
@@ -149,24 +147,20 @@ pub fn train(
                 .collect();
             eprintln!("epoch {epoch}: loss {train_loss:.4}, {}", summary.join(", "));
         });
-        if best.map_or(true, |(_, s)| report.score() > s) {
-            best = Some((epoch, report.score()));
-            save(out, options, &params)?;
-        }
-        reports.push(report);
-        Ok(())
+        let score = report.score();
+        Ok((report, score))
     };
-    train_epochs(options, &params, &train, model.top.hidden, &mut rng, bar, loss, after_epoch)?;
-    Ok(TrainReport {
-        options: options.clone(),
-        train_files: train_files.to_vec(),
-        dev_files: dev_files.to_vec(),
-        train_rows: train.len(),
-        dev_rows: devs.iter().map(|(_, d)| d.len()).sum(),
-        trainable_parameters: params.count(),
-        epochs: reports,
-        best_epoch: best.map_or(0, |(epoch, _)| epoch),
-    })
+    let outcome =
+        train_epochs(options, &params, &train, model.top.hidden, &mut rng, bar, loss, evaluate, |_: &EpochReport| {
+            save(out, options, &params)
+        })?;
+    Ok(TrainReport::new(
+        options,
+        (train_files, dev_files),
+        (train.len(), devs.iter().map(|(_, d)| d.len()).sum()),
+        &params,
+        outcome,
+    ))
 }
 
 fn save(out: &Path, options: &FinetuneOptions, params: &Params) -> Result<()> {

@@ -59,7 +59,7 @@ impl TestServer {
         .await
     }
 
-    async fn start_state(config: EngineConfig, limits: Limits, extend: impl FnOnce(AppState) -> AppState) -> Self {
+    pub async fn start_state(config: EngineConfig, limits: Limits, extend: impl FnOnce(AppState) -> AppState) -> Self {
         let engine = start_engine(config);
         let models = Models::new(vec![engine.clone()]).expect("one model");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");

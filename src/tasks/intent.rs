@@ -1,0 +1,519 @@
+//! Edit intent: why an edit was made (the IteraTeR taxonomy) and how far it moved the meaning.
+//!
+//! The model is a cross-encoder over (before, after) — the shared encoder with fine-tuned top
+//! layers — whose head reads the mean-pooled states together with a few diff features (how
+//! much changed, and whether only punctuation, case or whitespace did). `semantic_change` comes
+//! from the embedding model: one minus the cosine of the two versions, mapped to a probability
+//! of a meaning change by a logistic fit on IteraTeR.
+
+use std::ops::Range;
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
+use similar::{ChangeTag, TextDiff};
+
+use crate::model::heads::{load_heads, sigmoid, softmax, DenseHead};
+use crate::model::EmbeddingModel;
+use crate::runtime::{Engine, EngineConfig, EngineError, Input, Want};
+use crate::tasks::embed::embed;
+use crate::text::offsets::{range_from_bytes, OffsetUnit};
+
+/// The labels, in the order of the head's outputs (IteraTeR's five intents, then `other`).
+pub const LABELS: [&str; 6] = ["clarity", "fluency", "coherence", "style", "meaning-changed", "other"];
+
+pub const DEFAULT_MODEL_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/intent");
+pub const CONFIG_FILE: &str = "intent.json";
+
+/// `intent.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IntentConfig {
+    pub base_model: String,
+    /// Fine-tuned layers and the head `heads.intent` (labels × (hidden + features)).
+    pub weights: String,
+    pub labels: Vec<String>,
+    /// `semantic_change = sigmoid(weight · (1 − cosine) + bias)`.
+    pub semantic_change: LogisticMap,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct LogisticMap {
+    pub weight: f32,
+    pub bias: f32,
+}
+
+impl LogisticMap {
+    pub fn apply(&self, distance: f32) -> f32 {
+        sigmoid(self.weight * distance + self.bias)
+    }
+}
+
+/// What kind of change a diff is, from the most specific to the most general.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DiffKind {
+    /// Nothing changed.
+    None,
+    /// Only whitespace changed.
+    Whitespace,
+    /// Only letter case changed.
+    Case,
+    /// Only punctuation changed.
+    Punctuation,
+    /// Text was only added.
+    Insert,
+    /// Text was only removed.
+    Delete,
+    /// Removed words came back elsewhere, unchanged.
+    Move,
+    Replace,
+}
+
+/// One changed run of words, with byte ranges into both versions.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Change {
+    /// `insert`, `delete` or `replace`.
+    pub op: &'static str,
+    pub before_start: usize,
+    pub before_end: usize,
+    pub after_start: usize,
+    pub after_end: usize,
+    /// The new text (`insert`, `replace`) or the removed text (`delete`).
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Diff {
+    pub kind: DiffKind,
+    pub chars_added: usize,
+    pub chars_removed: usize,
+    pub changes: Vec<Change>,
+}
+
+/// The word-level diff of an edit (offsets are bytes; the API converts them).
+pub fn diff(before: &str, after: &str) -> Diff {
+    let text_diff = TextDiff::configure()
+        .algorithm(similar::Algorithm::Patience)
+        .timeout(std::time::Duration::from_millis(500))
+        .diff_unicode_words(before, after);
+    let mut changes: Vec<Change> = Vec::new();
+    let (mut b, mut a) = (0usize, 0usize);
+    let (mut added, mut removed) = (0usize, 0usize);
+    let mut removed_words: Vec<String> = Vec::new();
+    let mut added_words: Vec<String> = Vec::new();
+    for change in text_diff.iter_all_changes() {
+        let value = change.value();
+        let len = value.len();
+        match change.tag() {
+            ChangeTag::Equal => {
+                b += len;
+                a += len;
+                continue;
+            }
+            ChangeTag::Delete => {
+                removed += value.chars().count();
+                if !value.trim().is_empty() {
+                    removed_words.push(value.to_string());
+                }
+                extend(&mut changes, b..b + len, a..a);
+                b += len;
+            }
+            ChangeTag::Insert => {
+                added += value.chars().count();
+                if !value.trim().is_empty() {
+                    added_words.push(value.to_string());
+                }
+                extend(&mut changes, b..b, a..a + len);
+                a += len;
+            }
+        }
+    }
+    for change in &mut changes {
+        change.op = match (change.before_start == change.before_end, change.after_start == change.after_end) {
+            (true, _) => "insert",
+            (_, true) => "delete",
+            _ => "replace",
+        };
+        change.text = if change.op == "delete" {
+            before[change.before_start..change.before_end].to_string()
+        } else {
+            after[change.after_start..change.after_end].to_string()
+        };
+    }
+    let kind = classify(before, after, &changes, &removed_words, &added_words);
+    Diff { kind, chars_added: added, chars_removed: removed, changes }
+}
+
+/// Grows the last change when this piece touches it, else starts a new one.
+fn extend(changes: &mut Vec<Change>, before: Range<usize>, after: Range<usize>) {
+    if let Some(last) = changes.last_mut() {
+        if last.before_end == before.start && last.after_end == after.start {
+            last.before_end = before.end;
+            last.after_end = after.end;
+            return;
+        }
+    }
+    changes.push(Change {
+        op: "",
+        before_start: before.start,
+        before_end: before.end,
+        after_start: after.start,
+        after_end: after.end,
+        text: String::new(),
+    });
+}
+
+fn classify(before: &str, after: &str, changes: &[Change], removed: &[String], added: &[String]) -> DiffKind {
+    if before == after {
+        return DiffKind::None;
+    }
+    let strip = |s: &str, keep: fn(char) -> bool| s.chars().filter(|&c| keep(c)).collect::<String>();
+    if strip(before, |c| !c.is_whitespace()) == strip(after, |c| !c.is_whitespace()) {
+        return DiffKind::Whitespace;
+    }
+    if before.to_lowercase() == after.to_lowercase() {
+        return DiffKind::Case;
+    }
+    let words = |c: char| c.is_alphanumeric() || c.is_whitespace();
+    let normalized = |s: &str| strip(s, words).split_whitespace().collect::<Vec<_>>().join(" ");
+    if normalized(before) == normalized(after) {
+        return DiffKind::Punctuation;
+    }
+    let mut removed_sorted = removed.to_vec();
+    let mut added_sorted = added.to_vec();
+    removed_sorted.sort();
+    added_sorted.sort();
+    if !removed.is_empty() && removed_sorted == added_sorted && changes.len() >= 2 {
+        return DiffKind::Move;
+    }
+    if changes.iter().all(|c| c.before_start == c.before_end) {
+        DiffKind::Insert
+    } else if changes.iter().all(|c| c.after_start == c.after_end) {
+        DiffKind::Delete
+    } else {
+        DiffKind::Replace
+    }
+}
+
+/// Number of diff features the head reads after the pooled states.
+pub const FEATURES: usize = 9;
+
+/// Diff features in 0..1: character and word similarity, share of characters added and removed,
+/// punctuation-, case- and whitespace-only flags, number of changed runs, length ratio.
+pub fn features(before: &str, after: &str) -> [f32; FEATURES] {
+    let d = diff(before, after);
+    let longest = before.chars().count().max(after.chars().count()).max(1) as f32;
+    let char_ratio = TextDiff::configure()
+        .algorithm(similar::Algorithm::Myers)
+        .timeout(std::time::Duration::from_millis(200))
+        .diff_chars(before, after)
+        .ratio();
+    let word_ratio =
+        TextDiff::configure().timeout(std::time::Duration::from_millis(200)).diff_unicode_words(before, after).ratio();
+    let flag = |k: DiffKind| if d.kind == k { 1.0 } else { 0.0 };
+    let (b, a) = (before.chars().count().max(1) as f32, after.chars().count() as f32);
+    [
+        char_ratio,
+        word_ratio,
+        (d.chars_added as f32 / longest).min(1.0),
+        (d.chars_removed as f32 / longest).min(1.0),
+        flag(DiffKind::Punctuation),
+        flag(DiffKind::Case),
+        flag(DiffKind::Whitespace),
+        (d.changes.len() as f32 / 10.0).min(1.0),
+        (a / b / 2.0).min(1.0),
+    ]
+}
+
+/// One edit's result.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct IntentResult {
+    pub intent: String,
+    pub scores: std::collections::BTreeMap<String, f32>,
+    /// How far the meaning moved, 0..1: the calibrated probability of a meaning change from the
+    /// embedding distance of the two versions.
+    pub semantic_change: f32,
+    pub diff: Diff,
+}
+
+/// A loaded intent model with the embedding engine behind `semantic_change`.
+pub struct IntentModel {
+    engine: Engine,
+    head: DenseHead,
+    config: IntentConfig,
+    id: String,
+}
+
+impl IntentModel {
+    pub fn load(dir: &Path, device: &Device, dtype: DType, engine: EngineConfig) -> Result<Self> {
+        let path = dir.join(CONFIG_FILE);
+        let raw = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let config: IntentConfig = serde_json::from_str(&raw).with_context(|| format!("parsing {}", path.display()))?;
+        ensure!(config.labels == LABELS, "{} must list the labels {LABELS:?}", path.display());
+        let weights = dir.join(&config.weights);
+        let model = EmbeddingModel::load_with_overrides(&config.base_model, &[weights.clone()], device, dtype)
+            .with_context(|| format!("loading the intent encoder ({} + {})", config.base_model, weights.display()))?;
+        let head = load_heads(&weights, &["heads.intent"])?.remove(0);
+        ensure!(
+            head.outputs() == LABELS.len() && head.inputs() == model.info.dimensions + FEATURES,
+            "heads.intent must be {}×{}",
+            LABELS.len(),
+            model.info.dimensions + FEATURES
+        );
+        let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
+        Ok(Self { engine: Engine::start(model, engine)?, head, config, id: format!("concord/{name}") })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Classifies `(before, after)` edits; `embedder` gives `semantic_change`.
+    pub async fn classify(
+        &self,
+        embedder: &Engine,
+        edits: &[(String, String)],
+    ) -> Result<Vec<IntentResult>, EngineError> {
+        let inputs = edits.iter().map(|(b, a)| Input::Pair(b.clone(), a.clone())).collect();
+        let want = Want { normalize: false, token_states: false };
+        let texts: Vec<String> = edits.iter().flat_map(|(b, a)| [b.clone(), a.clone()]).collect();
+        let (encoded, vectors) =
+            futures::try_join!(self.engine.encode(inputs, want, true), embed(embedder, texts, true))?;
+        Ok(edits
+            .iter()
+            .zip(encoded)
+            .zip(vectors.vectors.chunks(2))
+            .map(|(((before, after), item), pair)| {
+                let mut input = item.pooled;
+                input.extend(features(before, after));
+                let probs = softmax(&self.head.apply(&input));
+                let best = (0..probs.len()).max_by(|&a, &b| probs[a].total_cmp(&probs[b])).unwrap_or(0);
+                let cosine: f32 = pair[0].iter().zip(&pair[1]).map(|(x, y)| x * y).sum();
+                IntentResult {
+                    intent: LABELS[best].to_string(),
+                    scores: LABELS.iter().zip(&probs).map(|(l, &p)| (l.to_string(), p)).collect(),
+                    semantic_change: if before == after {
+                        0.0
+                    } else {
+                        self.config.semantic_change.apply(1.0 - cosine)
+                    },
+                    diff: diff(before, after),
+                }
+            })
+            .collect())
+    }
+}
+
+impl Diff {
+    /// The same diff with offsets in `unit` instead of bytes.
+    pub fn in_unit(mut self, before: &str, after: &str, unit: OffsetUnit) -> Self {
+        for change in &mut self.changes {
+            [change.before_start, change.before_end] =
+                range_from_bytes(before, change.before_start..change.before_end, unit);
+            [change.after_start, change.after_end] =
+                range_from_bytes(after, change.after_start..change.after_end, unit);
+        }
+        self
+    }
+}
+
+/// One edited region of a document with its intent; offsets in the unit asked for.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DocumentEdit {
+    /// `replace`, `insert`, `delete` or `move`.
+    pub op: &'static str,
+    pub before_start: usize,
+    pub before_end: usize,
+    pub after_start: usize,
+    pub after_end: usize,
+    pub before: String,
+    pub after: String,
+    #[serde(flatten)]
+    pub result: IntentResult,
+}
+
+impl IntentModel {
+    /// Aligns two versions of a document and classifies every edited region.
+    pub async fn classify_document(
+        &self,
+        embedder: &Engine,
+        before: &str,
+        after: &str,
+        unit: OffsetUnit,
+    ) -> Result<Vec<DocumentEdit>, EngineError> {
+        let regions = align(before, after);
+        let pairs: Vec<(String, String)> = regions
+            .iter()
+            .map(|r| (before[r.before.clone()].to_string(), after[r.after.clone()].to_string()))
+            .collect();
+        let results = if pairs.is_empty() { Vec::new() } else { self.classify(embedder, &pairs).await? };
+        Ok(regions
+            .into_iter()
+            .zip(pairs)
+            .zip(results)
+            .map(|((region, (before_text, after_text)), mut result)| {
+                result.diff = result.diff.in_unit(&before_text, &after_text, unit);
+                let [before_start, before_end] = range_from_bytes(before, region.before, unit);
+                let [after_start, after_end] = range_from_bytes(after, region.after, unit);
+                DocumentEdit {
+                    op: region.op,
+                    before_start,
+                    before_end,
+                    after_start,
+                    after_end,
+                    before: before_text,
+                    after: after_text,
+                    result,
+                }
+            })
+            .collect())
+    }
+}
+
+/// An edited region of a document: byte ranges in both versions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Region {
+    pub before: Range<usize>,
+    pub after: Range<usize>,
+    /// `replace`, `insert`, `delete`, or `move` (a sentence deleted here and inserted elsewhere).
+    pub op: &'static str,
+}
+
+/// Sentences of `text` as trimmed byte ranges (empty ones dropped).
+fn sentence_ranges(text: &str) -> Vec<Range<usize>> {
+    use unicode_segmentation::UnicodeSegmentation;
+    text.split_sentence_bound_indices()
+        .filter_map(|(start, s)| {
+            let trimmed = s.trim();
+            let offset = start + (s.len() - s.trim_start().len());
+            (!trimmed.is_empty()).then_some(offset..offset + trimmed.len())
+        })
+        .collect()
+}
+
+/// Aligns two versions of a document sentence by sentence (patience diff over sentences, so
+/// split and merged sentences form one region) and returns every edited region. A sentence
+/// deleted in one place and inserted unchanged in another is reported as two `move` regions.
+pub fn align(before: &str, after: &str) -> Vec<Region> {
+    let (bs, as_) = (sentence_ranges(before), sentence_ranges(after));
+    let b_texts: Vec<&str> = bs.iter().map(|r| &before[r.clone()]).collect();
+    let a_texts: Vec<&str> = as_.iter().map(|r| &after[r.clone()]).collect();
+    let diff = TextDiff::configure().algorithm(similar::Algorithm::Patience).diff_slices(&b_texts, &a_texts);
+    // Where an insertion or deletion sits when it has no sentence on one side: the gap after
+    // the previous sentence.
+    let gap = |ranges: &[Range<usize>], index: usize, text: &str| -> Range<usize> {
+        let at = if index == 0 { 0 } else { ranges[index - 1].end.min(text.len()) };
+        at..at
+    };
+    let span = |ranges: &[Range<usize>], indices: &[usize]| match (indices.first(), indices.last()) {
+        (Some(&first), Some(&last)) => Some(ranges[first].start..ranges[last].end),
+        _ => None,
+    };
+    let changed: Vec<(Range<usize>, Range<usize>)> = diff
+        .ops()
+        .iter()
+        .filter(|op| op.tag() != similar::DiffTag::Equal)
+        .map(|op| (op.old_range(), op.new_range()))
+        .collect();
+    // A sentence removed in one place and added unchanged in another moved.
+    let mut unmatched_after: Vec<usize> = changed.iter().flat_map(|(_, new)| new.clone()).collect();
+    let mut moves: Vec<(usize, usize)> = Vec::new();
+    for i in changed.iter().flat_map(|(old, _)| old.clone()) {
+        if let Some(k) = unmatched_after.iter().position(|&j| a_texts[j] == b_texts[i]) {
+            moves.push((i, unmatched_after.remove(k)));
+        }
+    }
+    let mut regions = Vec::new();
+    for (old, new) in changed {
+        let old: Vec<usize> = old.clone().filter(|i| !moves.iter().any(|m| m.0 == *i)).collect();
+        let new: Vec<usize> = new.clone().filter(|j| !moves.iter().any(|m| m.1 == *j)).collect();
+        let (before_range, after_range) = match (span(&bs, &old), span(&as_, &new)) {
+            (None, None) => continue,
+            (Some(b), Some(a)) => (b, a),
+            (Some(b), None) => (b, gap(&as_, new_start(&diff, &old), after)),
+            (None, Some(a)) => (gap(&bs, old_start(&diff, &new), before), a),
+        };
+        let op = match (before_range.is_empty(), after_range.is_empty()) {
+            (true, _) => "insert",
+            (_, true) => "delete",
+            _ => "replace",
+        };
+        regions.push(Region { before: before_range, after: after_range, op });
+    }
+    for (i, j) in moves {
+        regions.push(Region { before: bs[i].clone(), after: as_[j].clone(), op: "move" });
+    }
+    regions.sort_by_key(|r| (r.before.start, r.after.start));
+    regions
+}
+
+/// Index of the after-side sentence where a deletion of `old` sentences sits.
+fn new_start(diff: &TextDiff<'_, '_, '_, str>, old: &[usize]) -> usize {
+    let first = old.first().copied().unwrap_or(0);
+    diff.ops().iter().find(|op| op.old_range().contains(&first)).map_or(0, |op| op.new_range().start)
+}
+
+/// Index of the before-side sentence where an insertion of `new` sentences sits.
+fn old_start(diff: &TextDiff<'_, '_, '_, str>, new: &[usize]) -> usize {
+    let first = new.first().copied().unwrap_or(0);
+    diff.ops().iter().find(|op| op.new_range().contains(&first)).map_or(0, |op| op.old_range().start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_kinds() {
+        assert_eq!(diff("Hello world.", "Hello world.").kind, DiffKind::None);
+        assert_eq!(diff("Hello  world.", "Hello world.").kind, DiffKind::Whitespace);
+        assert_eq!(diff("hello world.", "Hello World.").kind, DiffKind::Case);
+        assert_eq!(diff("Hello world.", "Hello, world!").kind, DiffKind::Punctuation);
+        assert_eq!(diff("Hello world.", "Hello big world.").kind, DiffKind::Insert);
+        assert_eq!(diff("Hello big world.", "Hello world.").kind, DiffKind::Delete);
+        assert_eq!(diff("Hello world.", "Goodbye world.").kind, DiffKind::Replace);
+        assert_eq!(diff("red green blue", "green blue red").kind, DiffKind::Move);
+    }
+
+    #[test]
+    fn changes_carry_offsets_into_both_versions() {
+        let (before, after) = ("The cat sat on the mat.", "The dog sat on the red mat.");
+        let d = diff(before, after);
+        assert_eq!(d.changes.len(), 2);
+        let first = &d.changes[0];
+        assert_eq!(
+            (first.op, &before[first.before_start..first.before_end], first.text.as_str()),
+            ("replace", "cat", "dog")
+        );
+        let second = &d.changes[1];
+        assert_eq!(second.op, "insert");
+        assert_eq!(&after[second.after_start..second.after_end], "red ");
+        assert_eq!((d.chars_added, d.chars_removed), (7, 3));
+    }
+
+    #[test]
+    fn alignment_finds_replaced_inserted_deleted_and_moved_sentences() {
+        let before = "Alpha is first. Beta is second. Gamma is third. Delta is last.";
+        let after = "Alpha is first. Beta is the second one. Delta is last. New closing words. Gamma is third.";
+        let regions = align(before, after);
+        let describe: Vec<(&str, &str, &str)> =
+            regions.iter().map(|r| (r.op, &before[r.before.clone()], &after[r.after.clone()])).collect();
+        assert!(describe.contains(&("replace", "Beta is second.", "Beta is the second one.")), "{describe:?}");
+        assert!(describe.contains(&("move", "Gamma is third.", "Gamma is third.")), "{describe:?}");
+        assert!(describe.contains(&("insert", "", "New closing words.")), "{describe:?}");
+        assert_eq!(regions.len(), 3, "{describe:?}");
+        assert!(align(before, before).is_empty());
+    }
+
+    #[test]
+    fn features_are_bounded() {
+        for (b, a) in [("", "x"), ("A long sentence here.", ""), ("Same.", "Same."), ("a, b", "a b")] {
+            assert!(features(b, a).iter().all(|f| (0.0..=1.0).contains(f)), "{b:?} → {a:?}");
+        }
+    }
+}

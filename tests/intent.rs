@@ -1,0 +1,117 @@
+//! Edit intent: the committed model on real IteraTeR rows, document alignment on IteraTeR's
+//! document revisions (their edit actions give the true regions), and the route's answers to
+//! bad input.
+
+mod common;
+
+use candle_core::{DType, Device};
+use concord::eval::intent::{document_regions, score, DocumentRow, IntentRow};
+use concord::runtime::EngineConfig;
+use concord::server::Limits;
+use concord::tasks::intent::{IntentModel, DEFAULT_MODEL_DIR};
+use serde_json::{json, Value};
+
+fn load() -> IntentModel {
+    IntentModel::load(std::path::Path::new(DEFAULT_MODEL_DIR), &Device::Cpu, DType::F32, EngineConfig::default())
+        .expect("the committed intent model loads")
+}
+
+#[test]
+fn alignment_finds_the_annotated_edit_regions_of_real_document_revisions() {
+    let path = common::shared_dir().join("data/iterater_human/doc_dev.jsonl");
+    let rows: Vec<DocumentRow> = concord::eval::read_jsonl(&path).expect("doc_dev reads");
+    let report = document_regions(&rows);
+    assert_eq!(report.annotated_edits, 400);
+    assert!(report.edits_found >= 0.9, "found {:.3} of the annotated edits", report.edits_found);
+}
+
+#[tokio::test]
+async fn classifies_real_edits_better_than_the_majority_class() {
+    let model = load();
+    let embedder = common::start_engine(EngineConfig::default());
+    let path = common::shared_dir().join("data/iterater_human/dev.jsonl");
+    let mut rows: Vec<IntentRow> = concord::eval::read_jsonl(&path).expect("dev reads");
+    rows.truncate(120);
+    let edits: Vec<(String, String)> = rows.iter().map(|r| (r.before.clone(), r.after.clone())).collect();
+    let results = model.classify(&embedder, &edits).await.expect("classifies");
+    let gold: Vec<&str> = rows.iter().map(IntentRow::canonical_label).collect();
+    let predicted: Vec<&str> = results.iter().map(|r| r.intent.as_str()).collect();
+    let scores = score(&gold, &predicted);
+    let majority = gold.iter().filter(|g| **g == "clarity").count() as f64 / gold.len() as f64;
+    assert!(scores.accuracy > majority + 0.05, "accuracy {:.3} vs majority {majority:.3}", scores.accuracy);
+    for result in &results {
+        assert!((0.0..=1.0).contains(&result.semantic_change));
+        let total: f32 = result.scores.values().sum();
+        assert!((total - 1.0).abs() < 1e-3);
+    }
+    // A typo fix moves the meaning less than a rewrite that negates the claim.
+    let contrast = model
+        .classify(
+            &embedder,
+            &[
+                ("The results shows a clear improvment.".into(), "The results show a clear improvement.".into()),
+                (
+                    "The results show a clear improvement.".into(),
+                    "The results show no improvement at all over the baseline.".into(),
+                ),
+            ],
+        )
+        .await
+        .expect("classifies");
+    assert!(contrast[0].semantic_change < contrast[1].semantic_change, "{contrast:?}");
+}
+
+#[tokio::test]
+async fn the_route_answers_edits_documents_and_bad_input() {
+    let state = |s: concord::server::AppState| s.with_intent(std::sync::Arc::new(load()));
+    let server = common::TestServer::start_state(EngineConfig::default(), Limits::default(), state).await;
+    let client = reqwest::Client::new();
+    let post = |body: Value| {
+        let client = client.clone();
+        let url = server.url("/v1/intent");
+        async move { client.post(url).json(&body).send().await.expect("request") }
+    };
+    let response = post(json!({"edits": [
+        {"before": "", "after": "A new sentence is added here."},
+        {"before": "We use 😀 a approach.", "after": "We use 😀 an approach."}
+    ]}))
+    .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["results"][0]["diff"]["kind"], "insert");
+    let change = &body["results"][1]["diff"]["changes"][0];
+    // UTF-16 offsets: the emoji counts 2, so "a" starts at 7 + 2 + 1.
+    assert_eq!(
+        (change["op"].clone(), change["before_start"].clone(), change["text"].clone()),
+        (json!("replace"), json!(10), json!("an"))
+    );
+
+    let response = post(json!({"before_doc": "One. The cat sat on the mat. Three.", "after_doc": "One. The dog sat on the mat. Three."})).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("json");
+    let edits = body["edits"].as_array().expect("edits");
+    assert_eq!(edits.len(), 1);
+    assert_eq!(
+        (edits[0]["before"].clone(), edits[0]["after_start"].clone()),
+        (json!("The cat sat on the mat."), json!(5))
+    );
+
+    let megabyte = "word ".repeat(200_000);
+    let cases = [
+        (json!({"edits": [{"before": "Same.", "after": "Same."}]}), 422, "no_change"),
+        (json!({"edits": []}), 422, "empty_input"),
+        (json!({"before_doc": megabyte, "after_doc": "x"}), 422, "input_too_large"),
+        (
+            json!({"edits": [{"before": "a", "after": "b"}], "before_doc": "a", "after_doc": "b"}),
+            400,
+            "invalid_request",
+        ),
+        (json!({"before_doc": "only one side"}), 400, "invalid_request"),
+    ];
+    for (body, status, code) in cases {
+        let response = post(body).await;
+        assert_eq!(response.status(), status, "{code}");
+        let error: Value = response.json().await.expect("json");
+        assert_eq!(error["error"]["code"], code);
+    }
+}
