@@ -34,7 +34,7 @@ case "$task" in
     args=(
       --data "$data/iterater_human/train.jsonl"
       --dev "$data/iterater_human/dev.jsonl"
-      --layers 2 --epochs 6 --seed 13
+      --layers 2 --epochs 8 --seed 13
     ) ;;
   *) echo "usage: scripts/train.sh moderation|nli|intent [concord train flags]" >&2; exit 2 ;;
 esac

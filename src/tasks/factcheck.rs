@@ -178,10 +178,12 @@ pub fn claim_ranges(text: &str) -> Vec<Range<usize>> {
         .collect()
 }
 
-/// A sentence of a source.
+/// A sentence of a source, and the text the NLI model reads for it: the sentence with the one
+/// before it, so pronouns ("It was completed in 1889") keep their referent.
 struct Passage {
     source: usize,
     range: Range<usize>,
+    context: Range<usize>,
 }
 
 fn passages(sources: &[Source]) -> Vec<Passage> {
@@ -189,12 +191,20 @@ fn passages(sources: &[Source]) -> Vec<Passage> {
         .iter()
         .enumerate()
         .flat_map(|(source, s)| {
-            s.text.split_sentence_bound_indices().filter_map(move |(start, sentence)| {
-                let trimmed = sentence.trim();
-                let offset = start + (sentence.len() - sentence.trim_start().len());
-                (trimmed.unicode_words().count() >= 3)
-                    .then_some(Passage { source, range: offset..offset + trimmed.len() })
-            })
+            let mut previous: Option<usize> = None;
+            s.text
+                .split_sentence_bound_indices()
+                .filter_map(|(start, sentence)| {
+                    let trimmed = sentence.trim();
+                    let offset = start + (sentence.len() - sentence.trim_start().len());
+                    let range = offset..offset + trimmed.len();
+                    let context = previous.unwrap_or(offset)..range.end;
+                    if !trimmed.is_empty() {
+                        previous = Some(offset);
+                    }
+                    (trimmed.unicode_words().count() >= 3).then_some(Passage { source, range, context })
+                })
+                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -271,8 +281,20 @@ pub async fn check<'a>(
                     scores: BTreeMap::new(),
                 })
                 .collect();
+            let premises: Vec<String> = ranked
+                .iter()
+                .map(|&(i, _)| {
+                    let passage = &passages[i];
+                    let source = &sources[passage.source];
+                    let context = &source.text[passage.context.clone()];
+                    match &source.title {
+                        Some(title) => format!("{title}. {context}"),
+                        None => context.to_string(),
+                    }
+                })
+                .collect();
             async move {
-                let pairs = candidates.iter().map(|e| (e.text.clone(), claim.clone())).collect();
+                let pairs = premises.into_iter().map(|premise| (premise, claim.clone())).collect();
                 let verdicts = nli.classify(pairs).await?;
                 let evidence: Vec<Evidence> = candidates
                     .into_iter()

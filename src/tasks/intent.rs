@@ -1,7 +1,7 @@
 //! Edit intent: why an edit was made (the IteraTeR taxonomy) and how far it moved the meaning.
 //!
 //! The model is a cross-encoder over (before, after) — the shared encoder with fine-tuned top
-//! layers — whose head reads the mean-pooled states together with a few diff features (how
+//! layers — whose head reads the mean states of each side, their difference, and a few diff features (how
 //! much changed, and whether only punctuation, case or whitespace did). `semantic_change` comes
 //! from the embedding model: one minus the cosine of the two versions, mapped to a probability
 //! of a meaning change by a logistic fit on IteraTeR.
@@ -256,10 +256,10 @@ impl IntentModel {
             .with_context(|| format!("loading the intent encoder ({} + {})", config.base_model, weights.display()))?;
         let head = load_heads(&weights, &["heads.intent"])?.remove(0);
         ensure!(
-            head.outputs() == LABELS.len() && head.inputs() == model.info.dimensions + FEATURES,
+            head.outputs() == LABELS.len() && head.inputs() == 3 * model.info.dimensions + FEATURES,
             "heads.intent must be {}×{}",
             LABELS.len(),
-            model.info.dimensions + FEATURES
+            3 * model.info.dimensions + FEATURES
         );
         let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
         Ok(Self { engine: Engine::start(model, engine)?, head, config, id: format!("concord/{name}") })
@@ -280,7 +280,7 @@ impl IntentModel {
         edits: &[(String, String)],
     ) -> Result<Vec<IntentResult>, EngineError> {
         let inputs = edits.iter().map(|(b, a)| Input::Pair(b.clone(), a.clone())).collect();
-        let want = Want { normalize: false, token_states: false };
+        let want = Want { normalize: false, token_states: true };
         let texts: Vec<String> = edits.iter().flat_map(|(b, a)| [b.clone(), a.clone()]).collect();
         let (encoded, vectors) =
             futures::try_join!(self.engine.encode(inputs, want, true), embed(embedder, texts, true))?;
@@ -289,7 +289,11 @@ impl IntentModel {
             .zip(encoded)
             .zip(vectors.vectors.chunks(2))
             .map(|(((before, after), item), pair)| {
-                let mut input = item.pooled;
+                let states = item.token_states.unwrap_or_default();
+                let side = |which: u32| segment_mean(&states, &item.tokens.type_ids, which);
+                let (b, a) = (side(0), side(1));
+                let mut input: Vec<f32> = b.iter().chain(&a).copied().collect();
+                input.extend(b.iter().zip(&a).map(|(x, y)| x - y));
                 input.extend(features(before, after));
                 let probs = softmax(&self.head.apply(&input));
                 let best = (0..probs.len()).max_by(|&a, &b| probs[a].total_cmp(&probs[b])).unwrap_or(0);
@@ -373,6 +377,19 @@ impl IntentModel {
             })
             .collect())
     }
+}
+
+/// Mean of the token states whose type id is `which` (the before or the after side of a pair).
+fn segment_mean(states: &[Vec<f32>], type_ids: &[u32], which: u32) -> Vec<f32> {
+    let dims = states.first().map_or(0, Vec::len);
+    let mut sum = vec![0f32; dims];
+    let mut count = 0usize;
+    for (state, _) in states.iter().zip(type_ids).filter(|(_, &t)| t == which) {
+        sum.iter_mut().zip(state).for_each(|(s, x)| *s += x);
+        count += 1;
+    }
+    sum.iter_mut().for_each(|s| *s /= count.max(1) as f32);
+    sum
 }
 
 /// An edited region of a document: byte ranges in both versions.

@@ -538,11 +538,15 @@ impl Batch {
 
     /// Mean over each sequence's real tokens, as `Pooling::Mean` does at inference: `[n, hidden]`.
     pub fn mean_pool(&self, xs: &Tensor) -> Result<Tensor> {
-        let mask = self.token_mask.unsqueeze(2)?;
-        let summed = xs.broadcast_mul(&mask)?.sum(1)?;
-        let counts = self.token_mask.sum_keepdim(1)?;
-        Ok(summed.broadcast_div(&counts)?)
+        masked_mean(xs, &self.token_mask)
     }
+}
+
+/// Mean of `xs` (`[n, len, hidden]`) over the positions where `mask` (`[n, len]`) is 1.
+pub fn masked_mean(xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let summed = xs.broadcast_mul(&mask.unsqueeze(2)?)?.sum(1)?;
+    let counts = mask.sum_keepdim(1)?.clamp(1f32, f32::MAX)?;
+    Ok(summed.broadcast_div(&counts)?)
 }
 
 /// Binary cross-entropy on logits, averaged over the entries where `mask` is 1 (stable form).

@@ -1,19 +1,20 @@
 //! Trains the edit-intent model: (before, after) encoded together by the shared encoder with its
-//! top layers fine-tuned, a head over the mean-pooled states and the diff features, and a
+//! top layers fine-tuned, a head over the mean states of each side, their difference and the
+//! diff features, and a
 //! class-weighted cross-entropy (style and coherence edits are rare). Also fits the map from
 //! embedding distance to `semantic_change`.
 
 use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Tensor, D};
 use candle_nn::{Linear, Module};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
 use super::finetune::{
-    linear_head, read_rows, train_epochs, Batch, Cached, DataFile, FinetuneOptions, Params, Rng, Session, TopLayers,
-    TrainReport,
+    linear_head, masked_mean, read_rows, train_epochs, Batch, Cached, DataFile, FinetuneOptions, Params, Rng, Session,
+    TopLayers, TrainReport,
 };
 use super::logistic;
 use crate::eval::intent::{score, IntentRow, IntentScores};
@@ -38,16 +39,30 @@ struct Model {
 }
 
 impl Model {
-    fn logits(&self, batch: &Batch, features: &Tensor, rate: f32, rng: &mut Rng) -> Result<Tensor> {
+    /// The head reads the mean states of the `before` tokens and of the `after` tokens, their
+    /// difference, and the diff features.
+    fn logits(&self, batch: &Batch, examples: &[&Cached<Label>], rate: f32, rng: &mut Rng) -> Result<Tensor> {
+        let device = batch.states.device();
         let xs = self.top.forward(batch, rate, rng)?;
-        let input = Tensor::cat(&[&batch.mean_pool(&xs)?, features], 1)?;
-        Ok(self.head.forward(&input)?)
+        let longest = batch.longest();
+        let segment = |which: u32| -> Result<Tensor> {
+            let mut mask = vec![0f32; examples.len() * longest];
+            for (row, e) in examples.iter().enumerate() {
+                for (t, &type_id) in e.tokens.type_ids.iter().enumerate() {
+                    if type_id == which {
+                        mask[row * longest + t] = 1.0;
+                    }
+                }
+            }
+            Ok(Tensor::from_vec(mask, (examples.len(), longest), device)?)
+        };
+        let before = masked_mean(&xs, &segment(0)?)?;
+        let after = masked_mean(&xs, &segment(1)?)?;
+        let features: Vec<f32> = examples.iter().flat_map(|e| e.label.features).collect();
+        let features = Tensor::from_vec(features, (examples.len(), FEATURES), device)?;
+        let difference = (&before - &after)?;
+        Ok(self.head.forward(&Tensor::cat(&[&before, &after, &difference, &features], 1)?)?)
     }
-}
-
-fn feature_tensor(examples: &[&Cached<Label>], device: &Device) -> Result<Tensor> {
-    let flat: Vec<f32> = examples.iter().flat_map(|e| e.label.features).collect();
-    Ok(Tensor::from_vec(flat, (examples.len(), FEATURES), device)?)
 }
 
 fn class_of(row: &IntentRow) -> Result<usize> {
@@ -108,7 +123,7 @@ pub fn train(
 
     let mut params = Params::default();
     let top = TopLayers::load(&session.base_dir, &session.base.encoder, options.layers, &mut params, &device)?;
-    let head = linear_head("heads.intent", LABELS.len(), top.hidden + FEATURES, &mut params, &mut rng, &device)?;
+    let head = linear_head("heads.intent", LABELS.len(), 3 * top.hidden + FEATURES, &mut params, &mut rng, &device)?;
     let model = Model { top, head };
 
     bar.set_length((train.len() + dev.len()) as u64);
@@ -125,7 +140,7 @@ pub fn train(
 
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let loss = |batch: &Batch, examples: &[&Cached<Label>], rng: &mut Rng| -> Result<Tensor> {
-        let logits = model.logits(batch, &feature_tensor(examples, &device)?, options.dropout, rng)?;
+        let logits = model.logits(batch, examples, options.dropout, rng)?;
         let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let mut mask = vec![0f32; examples.len() * LABELS.len()];
         for (i, e) in examples.iter().enumerate() {
@@ -144,7 +159,7 @@ pub fn train(
             let examples: Vec<&Cached<Label>> = chunk.iter().map(|&i| &dev[i]).collect();
             let cached: Vec<&[f32]> = examples.iter().map(|e| e.states.as_slice()).collect();
             let batch = Batch::assemble(&cached, model.top.hidden, &device)?;
-            let logits = model.logits(&batch, &feature_tensor(&examples, &device)?, 0.0, &mut eval_rng)?;
+            let logits = model.logits(&batch, &examples, 0.0, &mut eval_rng)?;
             for (&i, best) in chunk.iter().zip(logits.argmax(D::Minus1)?.to_vec1::<u32>()?) {
                 predicted[i] = best as usize;
             }
