@@ -178,12 +178,10 @@ pub fn claim_ranges(text: &str) -> Vec<Range<usize>> {
         .collect()
 }
 
-/// A sentence of a source, and the text the NLI model reads for it: the sentence with the one
-/// before it, so pronouns ("It was completed in 1889") keep their referent.
+/// A sentence of a source.
 struct Passage {
     source: usize,
     range: Range<usize>,
-    context: Range<usize>,
 }
 
 fn passages(sources: &[Source]) -> Vec<Passage> {
@@ -191,20 +189,12 @@ fn passages(sources: &[Source]) -> Vec<Passage> {
         .iter()
         .enumerate()
         .flat_map(|(source, s)| {
-            let mut previous: Option<usize> = None;
-            s.text
-                .split_sentence_bound_indices()
-                .filter_map(|(start, sentence)| {
-                    let trimmed = sentence.trim();
-                    let offset = start + (sentence.len() - sentence.trim_start().len());
-                    let range = offset..offset + trimmed.len();
-                    let context = previous.unwrap_or(offset)..range.end;
-                    if !trimmed.is_empty() {
-                        previous = Some(offset);
-                    }
-                    (trimmed.unicode_words().count() >= 3).then_some(Passage { source, range, context })
-                })
-                .collect::<Vec<_>>()
+            s.text.split_sentence_bound_indices().filter_map(move |(start, sentence)| {
+                let trimmed = sentence.trim();
+                let offset = start + (sentence.len() - sentence.trim_start().len());
+                (trimmed.unicode_words().count() >= 3)
+                    .then_some(Passage { source, range: offset..offset + trimmed.len() })
+            })
         })
         .collect()
 }
@@ -284,12 +274,11 @@ pub async fn check<'a>(
             let premises: Vec<String> = ranked
                 .iter()
                 .map(|&(i, _)| {
-                    let passage = &passages[i];
-                    let source = &sources[passage.source];
-                    let context = &source.text[passage.context.clone()];
+                    // The title gives pronouns a referent ("It was completed in 1889").
+                    let source = &sources[passages[i].source];
                     match &source.title {
-                        Some(title) => format!("{title}. {context}"),
-                        None => context.to_string(),
+                        Some(title) => format!("{title}. {}", passage_texts[i]),
+                        None => passage_texts[i].to_string(),
                     }
                 })
                 .collect();
