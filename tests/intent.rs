@@ -26,19 +26,19 @@ fn alignment_finds_the_annotated_edit_regions_of_real_document_revisions() {
 }
 
 #[tokio::test]
-async fn classifies_real_edits_better_than_the_majority_class() {
+async fn classifies_real_edits_above_the_frozen_embedding_floor() {
     let model = load();
     let embedder = common::start_engine(EngineConfig::default());
     let path = common::shared_dir().join("data/iterater_human/dev.jsonl");
     let mut rows: Vec<IntentRow> = concord::eval::read_jsonl(&path).expect("dev reads");
-    rows.truncate(120);
     let edits: Vec<(String, String)> = rows.iter().map(|r| (r.before.clone(), r.after.clone())).collect();
     let results = model.classify(&embedder, &edits).await.expect("classifies");
     let gold: Vec<&str> = rows.iter().map(IntentRow::canonical_label).collect();
     let predicted: Vec<&str> = results.iter().map(|r| r.intent.as_str()).collect();
     let scores = score(&gold, &predicted);
-    let majority = gold.iter().filter(|g| **g == "clarity").count() as f64 / gold.len() as f64;
-    assert!(scores.accuracy > majority + 0.05, "accuracy {:.3} vs majority {majority:.3}", scores.accuracy);
+    // The frozen-embedding probe of ../shared/bench/probes reaches 0.299 on this file (the
+    // committed model 0.340); predicting the majority class gives 0.12.
+    assert!(scores.macro_f1 > 0.3, "macro-F1 {:.3} on IteraTeR dev", scores.macro_f1);
     for result in &results {
         assert!((0.0..=1.0).contains(&result.semantic_change));
         let total: f32 = result.scores.values().sum();
