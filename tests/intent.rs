@@ -30,7 +30,7 @@ async fn classifies_real_edits_above_the_frozen_embedding_floor() {
     let model = load();
     let embedder = common::start_engine(EngineConfig::default());
     let path = common::shared_dir().join("data/iterater_human/dev.jsonl");
-    let mut rows: Vec<IntentRow> = concord::eval::read_jsonl(&path).expect("dev reads");
+    let rows: Vec<IntentRow> = concord::eval::read_jsonl(&path).expect("dev reads");
     let edits: Vec<(String, String)> = rows.iter().map(|r| (r.before.clone(), r.after.clone())).collect();
     let results = model.classify(&embedder, &edits).await.expect("classifies");
     let gold: Vec<&str> = rows.iter().map(IntentRow::canonical_label).collect();

@@ -232,3 +232,42 @@ fn moderate_cli_writes_one_line_per_text_with_offsets_in_the_asked_unit() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("missing"), "error names the folder");
 }
+
+/// A Hugging Face multi-label sequence classifier (toxic-bert style) works as the moderation
+/// model: its labels become the categories, each with its own sigmoid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_multi_label_classifier_can_replace_the_default_model() {
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::{linear, VarBuilder, VarMap};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::tiny::bert("bert", 0, 2, 128);
+    let parsed: concord::model::bert::Config = serde_json::from_value(config.clone()).expect("config");
+    config["id2label"] = json!({"0": "toxic", "1": "insult"});
+    config["problem_type"] = json!("multi_label_classification");
+    std::fs::write(dir.path().join("config.json"), config.to_string()).expect("config");
+    std::fs::copy(common::default_model_dir().join("tokenizer.json"), dir.path().join("tokenizer.json"))
+        .expect("tokenizer");
+    let mut varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    concord::model::bert::BertModel::load(vb.pp("bert"), &parsed).expect("encoder");
+    linear(32, 32, vb.pp("bert.pooler.dense")).expect("pooler");
+    linear(32, 2, vb.pp("classifier")).expect("classifier");
+    varmap.set_one("classifier.weight", Tensor::zeros((2, 32), DType::F32, &Device::Cpu).expect("zeros")).expect("set");
+    varmap.set_one("classifier.bias", Tensor::new(&[2f32, -2.0], &Device::Cpu).expect("bias")).expect("set");
+    varmap.save(dir.path().join("model.safetensors")).expect("save");
+
+    let spec = dir.path().to_str().expect("utf-8");
+    let moderator = concord::tasks::moderate::Moderator::load(spec, &Device::Cpu, DType::F32, EngineConfig::default())
+        .expect("hub classifier loads");
+    assert_eq!(moderator.config().categories, vec!["toxic", "insult"]);
+    let results = moderator.moderate(&["some text".to_string()], &BTreeMap::new()).await.expect("moderates");
+    let scores = &results[0].category_scores;
+    // One sigmoid per label: sigmoid(2) and sigmoid(-2). A softmax over the two would give
+    // 0.982 and 0.018.
+    assert!((scores["toxic"] - 0.8808).abs() < 1e-3, "{scores:?}");
+    assert!((scores["insult"] - 0.1192).abs() < 1e-3, "{scores:?}");
+    assert_eq!(results[0].categories["toxic"], true);
+    assert_eq!(results[0].categories["insult"], false);
+    assert!(results[0].flagged);
+    assert!(results[0].spans.is_empty());
+}

@@ -144,8 +144,9 @@ struct ServeArgs {
 /// Which moderation model to load.
 #[derive(Args, Clone)]
 pub struct ModerationModelArgs {
-    /// Moderation model folder (moderation.json + weights); `none` turns /v1/moderate off.
-    /// Default: the model committed under models/moderation.
+    /// Moderation model: a Concord folder (moderation.json + weights) or a Hugging Face
+    /// sequence-classification checkpoint (folder or hub id; scores only, no spans); `none`
+    /// turns /v1/moderate off. Default: the model committed under models/moderation.
     #[arg(long = "moderation-model", env = "CONCORD_MODERATION_MODEL")]
     moderation_model: Option<String>,
 }
@@ -159,8 +160,9 @@ impl ModerationModelArgs {
         };
         let device = device::parse_device(&model.device)?;
         let dtype = device::parse_dtype(&model.dtype, &device)?;
-        let moderator = Moderator::load(&dir, &device, dtype, engine.config())
-            .with_context(|| format!("loading the moderation model in {}", dir.display()))?;
+        let spec = dir.to_string_lossy();
+        let moderator = Moderator::load(&spec, &device, dtype, engine.config())
+            .with_context(|| format!("loading the moderation model {spec}"))?;
         tracing::info!(model = moderator.id(), "moderation model loaded");
         Ok(Some(moderator))
     }

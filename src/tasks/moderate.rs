@@ -1,4 +1,5 @@
 //! Moderation: per-category scores for a text and the character spans that make it offensive.
+//! Hugging Face sequence-classification checkpoints can replace the default model (scores only).
 //!
 //! The model is the shared encoder with its top layers fine-tuned (loaded as overrides of the
 //! base weights) plus two heads: a sentence head with one sigmoid per category over the
@@ -13,6 +14,7 @@ use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
+use crate::model::classifier::SequenceClassifier;
 use crate::model::heads::{load_heads, sigmoid, DenseHead};
 use crate::model::EmbeddingModel;
 use crate::runtime::{Engine, EngineConfig, EngineError, Input, Want};
@@ -48,9 +50,17 @@ pub struct ModerationConfig {
 pub struct Moderator {
     engine: Engine,
     config: ModerationConfig,
-    sentence_head: DenseHead,
-    token_head: DenseHead,
+    heads: Heads,
     id: String,
+}
+
+/// Where category scores and spans come from.
+enum Heads {
+    /// Concord's own: one sigmoid per category over the mean-pooled states, and a token head.
+    Concord { sentence: DenseHead, token: DenseHead },
+    /// A Hugging Face sequence-classification checkpoint (e.g. a toxic-bert style multi-label
+    /// model): its labels are the categories, scored from the first token; no spans.
+    Hub(SequenceClassifier),
 }
 
 /// A span of the input, as a byte range, with the highest token probability inside it.
@@ -123,8 +133,26 @@ impl ModerationConfig {
 }
 
 impl Moderator {
-    /// Loads the model in `dir` (see [`ModerationConfig`]) and starts its engine.
-    pub fn load(dir: &Path, device: &Device, dtype: DType, engine: EngineConfig) -> Result<Self> {
+    /// Loads `spec`: a Concord moderation folder (with `moderation.json`), or any Hugging Face
+    /// sequence-classification checkpoint of the supported encoders (folder or hub id), whose
+    /// `id2label` names become the categories (sigmoid per label when its `problem_type` is
+    /// multi-label, else softmax; threshold 0.5; no spans).
+    pub fn load(spec: &str, device: &Device, dtype: DType, engine: EngineConfig) -> Result<Self> {
+        let dir = Path::new(spec);
+        if !dir.join(CONFIG_FILE).is_file() {
+            let model = EmbeddingModel::load(spec, device, dtype)
+                .with_context(|| format!("loading moderation model '{spec}'"))?;
+            let classifier = SequenceClassifier::load(&model.info.path)?;
+            let config = ModerationConfig {
+                base_model: spec.to_string(),
+                weights: String::new(),
+                categories: classifier.labels.clone(),
+                thresholds: classifier.labels.iter().map(|l| (l.clone(), 0.5)).collect(),
+                span_threshold: 1.0,
+            };
+            let engine = Engine::start(model, engine)?;
+            return Ok(Self { engine, config, heads: Heads::Hub(classifier), id: spec.to_string() });
+        }
         let config = ModerationConfig::read(dir)?;
         let weights: PathBuf = dir.join(&config.weights);
         let model = EmbeddingModel::load_with_overrides(&config.base_model, &[weights.clone()], device, dtype)
@@ -133,20 +161,20 @@ impl Moderator {
             })?;
         let hidden = model.info.dimensions;
         let mut heads = load_heads(&weights, &["heads.sentence", "heads.token"])?.into_iter();
-        let (Some(sentence_head), Some(token_head)) = (heads.next(), heads.next()) else {
+        let (Some(sentence), Some(token)) = (heads.next(), heads.next()) else {
             anyhow::bail!("{} lacks its heads", weights.display());
         };
         ensure!(
-            sentence_head.outputs() == config.categories.len() && sentence_head.inputs() == hidden,
+            sentence.outputs() == config.categories.len() && sentence.inputs() == hidden,
             "heads.sentence is {}×{}, expected {}×{hidden}",
-            sentence_head.outputs(),
-            sentence_head.inputs(),
+            sentence.outputs(),
+            sentence.inputs(),
             config.categories.len()
         );
-        ensure!(token_head.outputs() == 1 && token_head.inputs() == hidden, "heads.token must be 1×{hidden}");
+        ensure!(token.outputs() == 1 && token.inputs() == hidden, "heads.token must be 1×{hidden}");
         let id = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
         let engine = Engine::start(model, engine)?;
-        Ok(Self { engine, config, sentence_head, token_head, id: format!("concord/{id}") })
+        Ok(Self { engine, config, heads: Heads::Concord { sentence, token }, id: format!("concord/{id}") })
     }
 
     pub fn id(&self) -> &str {
@@ -181,11 +209,23 @@ impl Moderator {
         let mut scores = vec![vec![0f32; categories.len()]; texts.len()];
         let mut spans: Vec<Vec<ScoredSpan>> = vec![Vec::new(); texts.len()];
         for ((index, range), item) in windows.into_iter().zip(encoded) {
-            for (best, logit) in scores[index].iter_mut().zip(self.sentence_head.apply(&item.pooled)) {
-                *best = best.max(sigmoid(logit));
-            }
             let states = item.token_states.unwrap_or_default();
-            let probs: Vec<f32> = states.iter().map(|s| sigmoid(self.token_head.apply(s)[0])).collect();
+            let (window_scores, token_head) = match &self.heads {
+                Heads::Concord { sentence, token } => {
+                    (sentence.apply(&item.pooled).into_iter().map(sigmoid).collect::<Vec<_>>(), token)
+                }
+                Heads::Hub(classifier) => {
+                    let first = states.first().map_or(&[][..], Vec::as_slice);
+                    for (best, p) in scores[index].iter_mut().zip(classifier.probabilities(first)) {
+                        *best = best.max(p);
+                    }
+                    continue;
+                }
+            };
+            for (best, p) in scores[index].iter_mut().zip(window_scores) {
+                *best = best.max(p);
+            }
+            let probs: Vec<f32> = states.iter().map(|s| sigmoid(token_head.apply(s)[0])).collect();
             let window = &texts[index][range.clone()];
             for span in spans_from_token_probs(window, &item.tokens.offsets, &probs, self.config.span_threshold) {
                 let shifted = span.range.start + range.start..span.range.end + range.start;

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use concord::model::source::{self, DEFAULT_MODEL};
 use concord::model::EmbeddingModel;
@@ -36,7 +36,7 @@ pub struct TestServer {
 
 /// The committed default moderation model.
 pub fn load_moderator(config: EngineConfig) -> Moderator {
-    Moderator::load(Path::new(DEFAULT_MODERATION_DIR), &candle_core::Device::Cpu, candle_core::DType::F32, config)
+    Moderator::load(DEFAULT_MODERATION_DIR, &candle_core::Device::Cpu, candle_core::DType::F32, config)
         .expect("the committed moderation model loads")
 }
 
