@@ -9,9 +9,9 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use futures::stream::{FuturesUnordered, Stream};
+use futures::stream::{FuturesUnordered, Stream, StreamExt, TryStreamExt};
 use serde::Serialize;
 use unicode_segmentation::UnicodeSegmentation;
 
@@ -237,65 +237,104 @@ pub async fn check<'a>(
     let passages = passages(sources);
     let passage_texts: Vec<&str> = passages.iter().map(|p| &sources[p.source].text[p.range.clone()]).collect();
     let passage_vectors = cache.embed(embedder, &passage_texts).await?;
-    let claim_texts: Vec<String> = claims.iter().map(|r| text[r.clone()].to_string()).collect();
-    let claim_vectors = embed(embedder, claim_texts.clone(), true).await?.vectors;
-    let passage_words: Vec<HashSet<String>> = passage_texts.iter().map(|t| content_words(t)).collect();
-    let top_k = options.top_k.max(1);
+    let retrieval = Arc::new(Retrieval {
+        passage_words: passage_texts.iter().map(|t| content_words(t)).collect(),
+        passage_texts: passage_texts.into_iter().map(str::to_string).collect(),
+        passages,
+        passage_vectors,
+        top_k: options.top_k.max(1),
+    });
+    // The first claim is judged alone, so it streams without waiting for the others' batches;
+    // the rest follow, judged together so the engine can batch them.
+    let mut claims: Vec<(usize, Range<usize>)> = claims.into_iter().enumerate().collect();
+    let rest = claims.split_off(claims.len().min(1));
+    let judge = |claims: Vec<(usize, Range<usize>)>| {
+        let retrieval = Arc::clone(&retrieval);
+        futures::stream::once(async move { retrieval.judge(embedder, nli, text, sources, claims).await }).try_flatten()
+    };
+    Ok(judge(claims).chain(judge(rest)).boxed())
+}
 
-    let pending: FuturesUnordered<_> = claims
-        .into_iter()
-        .zip(claim_texts)
-        .zip(claim_vectors)
-        .enumerate()
-        .map(|(index, ((range, claim), vector))| {
-            let words = content_words(&claim);
-            let mut ranked: Vec<(usize, f32)> = passage_vectors
-                .iter()
-                .zip(&passage_words)
-                .enumerate()
-                .map(|(i, (pv, pw))| {
-                    let overlap =
-                        if words.is_empty() { 0.0 } else { words.intersection(pw).count() as f32 / words.len() as f32 };
-                    (i, 0.8 * cosine(&vector, pv) + 0.2 * overlap)
-                })
-                .collect();
-            ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-            ranked.truncate(top_k);
-            let candidates: Vec<Evidence> = ranked
-                .iter()
-                .map(|&(i, retrieval_score)| Evidence {
-                    source_id: sources[passages[i].source].id.clone(),
-                    range: passages[i].range.clone(),
-                    text: passage_texts[i].to_string(),
+/// Source sentences with their embeddings and content words, shared by every claim's future.
+struct Retrieval {
+    passages: Vec<Passage>,
+    passage_texts: Vec<String>,
+    passage_vectors: Vec<Vec<f32>>,
+    passage_words: Vec<HashSet<String>>,
+    top_k: usize,
+}
+
+impl Retrieval {
+    /// Embeds `claims`, retrieves their evidence and returns one future per claim (run together).
+    async fn judge<'a>(
+        self: Arc<Self>,
+        embedder: &'a Engine,
+        nli: &'a NliModel,
+        text: &'a str,
+        sources: &'a [Source],
+        claims: Vec<(usize, Range<usize>)>,
+    ) -> Result<FuturesUnordered<impl std::future::Future<Output = Result<ClaimResult, EngineError>> + 'a>, EngineError>
+    {
+        let claim_texts: Vec<String> = claims.iter().map(|(_, r)| text[r.clone()].to_string()).collect();
+        let claim_vectors =
+            if claims.is_empty() { Vec::new() } else { embed(embedder, claim_texts.clone(), true).await?.vectors };
+        Ok(claims
+            .into_iter()
+            .zip(claim_texts)
+            .zip(claim_vectors)
+            .map(|(((index, range), claim), vector)| {
+                let (candidates, premises) = self.evidence_for(&claim, &vector, sources);
+                async move {
+                    let pairs = premises.into_iter().map(|premise| (premise, claim.clone())).collect();
+                    let verdicts = nli.classify(pairs).await?;
+                    let evidence: Vec<Evidence> = candidates
+                        .into_iter()
+                        .zip(verdicts)
+                        .map(|(evidence, verdict)| Evidence { scores: verdict.scores, ..evidence })
+                        .collect();
+                    let (verdict, confidence) = decide(&evidence);
+                    Ok(ClaimResult { index, range, verdict, confidence, evidence })
+                }
+            })
+            .collect())
+    }
+
+    /// The `top_k` evidence sentences for a claim, and the premises the NLI model reads for them.
+    fn evidence_for(&self, claim: &str, vector: &[f32], sources: &[Source]) -> (Vec<Evidence>, Vec<String>) {
+        let words = content_words(claim);
+        let mut ranked: Vec<(usize, f32)> = self
+            .passage_vectors
+            .iter()
+            .zip(&self.passage_words)
+            .enumerate()
+            .map(|(i, (pv, pw))| {
+                let overlap =
+                    if words.is_empty() { 0.0 } else { words.intersection(pw).count() as f32 / words.len() as f32 };
+                (i, 0.8 * cosine(vector, pv) + 0.2 * overlap)
+            })
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        ranked.truncate(self.top_k);
+        ranked
+            .iter()
+            .map(|&(i, retrieval_score)| {
+                let source = &sources[self.passages[i].source];
+                let evidence = Evidence {
+                    source_id: source.id.clone(),
+                    range: self.passages[i].range.clone(),
+                    text: self.passage_texts[i].clone(),
                     retrieval_score,
                     scores: BTreeMap::new(),
-                })
-                .collect();
-            let premises: Vec<String> = ranked
-                .iter()
-                .map(|&(i, _)| {
-                    // The title gives pronouns a referent ("It was completed in 1889").
-                    let source = &sources[passages[i].source];
-                    match &source.title {
-                        Some(title) => format!("{title}. {}", passage_texts[i]),
-                        None => passage_texts[i].to_string(),
-                    }
-                })
-                .collect();
-            async move {
-                let pairs = premises.into_iter().map(|premise| (premise, claim.clone())).collect();
-                let verdicts = nli.classify(pairs).await?;
-                let evidence: Vec<Evidence> = candidates
-                    .into_iter()
-                    .zip(verdicts)
-                    .map(|(evidence, verdict)| Evidence { scores: verdict.scores, ..evidence })
-                    .collect();
-                let (verdict, confidence) = decide(&evidence);
-                Ok(ClaimResult { index, range, verdict, confidence, evidence })
-            }
-        })
-        .collect();
-    Ok(pending)
+                };
+                // The title gives pronouns a referent ("It was completed in 1889").
+                let premise = match &source.title {
+                    Some(title) => format!("{title}. {}", self.passage_texts[i]),
+                    None => self.passage_texts[i].clone(),
+                };
+                (evidence, premise)
+            })
+            .unzip()
+    }
 }
 
 // The request and response of `/v1/factcheck` and `concord factcheck`.
