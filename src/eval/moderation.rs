@@ -173,8 +173,8 @@ pub struct ModerationReport {
 }
 
 /// Texts per call to the model, and calls in flight, so the engine can batch.
-const CHUNK: usize = 32;
-const IN_FLIGHT: usize = 4;
+const CHUNK: usize = 64;
+const IN_FLIGHT: usize = 8;
 
 /// Runs `moderator` over `rows` and scores what it says against their labels.
 pub async fn evaluate(moderator: &Moderator, rows: &[ModerationRow], bar: &ProgressBar) -> Result<ModerationReport> {
