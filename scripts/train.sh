@@ -40,5 +40,6 @@ case "$task" in
 esac
 ./scripts/fetch-models.sh
 cargo build --release --locked --bin concord
-[[ " $* " == *" --out "* ]] || args+=(--out "models/$task")
+# Flags given to this script come last and win over the defaults above (e.g. --layers 3).
+args+=(--out "models/$task")
 exec "$CARGO_TARGET_DIR/release/concord" train "$task" "${args[@]}" "$@"

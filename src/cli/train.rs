@@ -95,10 +95,13 @@ pub enum TrainCommand {
     /// The merge resolution scorer (models/merge-scorer).
     Merge(TrainMergeArgs),
     /// The moderation model (models/moderation): fine-tuned top layers, category and span heads.
+    #[command(args_override_self = true)]
     Moderation(FinetuneArgs),
     /// The NLI cross-encoder (models/nli): fine-tuned top layers and a 3-way head.
+    #[command(args_override_self = true)]
     Nli(FinetuneArgs),
     /// The edit-intent model (models/intent): fine-tuned top layers, a head over states and diff features.
+    #[command(args_override_self = true)]
     Intent(FinetuneArgs),
 }
 
