@@ -28,8 +28,7 @@ pub struct IntentRequest {
 pub struct EditInput {
     before: String,
     after: String,
-    /// Surrounding text; accepted for compatibility, not used by the default model.
-    #[allow(dead_code)]
+    /// Surrounding text; size-checked, not used by the default model.
     context: Option<String>,
 }
 
@@ -81,6 +80,9 @@ pub async fn create(
             for (i, edit) in edits.iter().enumerate() {
                 state.limits.check_chars(&format!("edits[{i}].before"), &edit.before)?;
                 state.limits.check_chars(&format!("edits[{i}].after"), &edit.after)?;
+                if let Some(context) = &edit.context {
+                    state.limits.check_chars(&format!("edits[{i}].context"), context)?;
+                }
                 if edit.before == edit.after {
                     return Err(ApiError::invalid(
                         "no_change",
