@@ -9,6 +9,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::{debertav2, distilbert};
 
 use super::bert;
+use super::delta::Overlay;
 use super::Tokenized;
 
 /// The architectures Concord runs; `model_type` values map onto these.
@@ -58,7 +59,8 @@ struct CommonConfig {
 
 impl Encoder {
     /// Loads `dir`'s encoder; tensors in `overrides` (safetensors files, later ones win) replace
-    /// the base checkpoint's, which is how fine-tuned top layers ride on a shared base model.
+    /// the base checkpoint's, or change them by a stored delta ([`super::delta`]), which is how
+    /// fine-tuned top layers ride on a shared base model.
     pub fn load(dir: &Path, overrides: &[PathBuf], device: &Device, dtype: DType) -> Result<Self> {
         let config_path = dir.join("config.json");
         let raw =
@@ -71,12 +73,8 @@ impl Encoder {
                 common.model_type
             );
         };
-        let mut files = vec![dir.join("model.safetensors")];
-        files.extend(overrides.iter().cloned());
-        // SAFETY: the files are memory-mapped read-only; Concord never writes model files while serving.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }.with_context(|| {
-            format!("mapping {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "))
-        })?;
+        let overlay = Overlay::open(&dir.join("model.safetensors"), overrides)?;
+        let vb = VarBuilder::from_backend(Box::new(overlay), dtype, device.clone());
         let model_type = common.model_type.clone();
         let (arch, hidden_size) = match family {
             Family::Bert => {

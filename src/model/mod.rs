@@ -3,6 +3,7 @@
 
 pub mod bert;
 pub mod classifier;
+pub mod delta;
 pub mod device;
 pub mod encoder;
 pub mod heads;

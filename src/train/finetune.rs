@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::eval::read_jsonl;
-use crate::model::{source, EmbeddingModel, Encoder, TextTokenizer, Tokenized};
+use crate::model::{delta, source, EmbeddingModel, Encoder, TextTokenizer, Tokenized};
 
 /// Everything that determines a fine-tuning run besides the data.
 #[derive(Debug, Clone, Serialize)]
@@ -261,34 +261,61 @@ pub fn train_epochs<L, E>(
 /// Trainable tensors with the names they are saved under.
 #[derive(Default)]
 pub struct Params {
-    named: Vec<(String, Var)>,
+    named: Vec<Param>,
+}
+
+struct Param {
+    name: String,
+    var: Var,
+    /// The base checkpoint's value, for tensors fine-tuned from it: matrices are saved as the
+    /// difference from it ([`crate::model::delta`]).
+    base: Option<Tensor>,
 }
 
 impl Params {
     /// Registers `initial` as a trainable tensor called `name`; returns the tensor to compute with.
     pub fn add(&mut self, name: impl Into<String>, initial: &Tensor) -> Result<Tensor> {
+        self.register(name.into(), initial, None)
+    }
+
+    /// Registers the base checkpoint's tensor `name` for fine-tuning.
+    pub fn add_tuned(&mut self, name: impl Into<String>, base: &Tensor) -> Result<Tensor> {
+        self.register(name.into(), base, Some(base.clone()))
+    }
+
+    fn register(&mut self, name: String, initial: &Tensor, base: Option<Tensor>) -> Result<Tensor> {
         let var = Var::from_tensor(&initial.to_dtype(DType::F32)?)?;
         let tensor = var.as_tensor().clone();
-        self.named.push((name.into(), var));
+        self.named.push(Param { name, var, base });
         Ok(tensor)
     }
 
     /// The variables whose names satisfy `keep` (to give groups their own learning rate).
     pub fn vars_where(&self, keep: impl Fn(&str) -> bool) -> Vec<Var> {
-        self.named.iter().filter(|(name, _)| keep(name)).map(|(_, v)| v.clone()).collect()
+        self.named.iter().filter(|p| keep(&p.name)).map(|p| p.var.clone()).collect()
     }
 
     pub fn count(&self) -> usize {
-        self.named.iter().map(|(_, v)| v.elem_count()).sum()
+        self.named.iter().map(|p| p.var.elem_count()).sum()
     }
 
-    /// Writes every tensor to `path` as `dtype` (f16 halves the committed size).
-    pub fn save(&self, path: &Path, dtype: DType) -> Result<()> {
-        let tensors = self
-            .named
-            .iter()
-            .map(|(name, var)| Ok((name.clone(), var.as_tensor().to_dtype(dtype)?)))
-            .collect::<Result<HashMap<_, _>>>()?;
+    /// Writes every tensor to `path`: fine-tuned matrices as int8 deltas from the base, the rest
+    /// (biases, norms, heads) as f16, which keeps the committed files a few MB.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut tensors = HashMap::new();
+        for Param { name, var, base } in &self.named {
+            let value = var.as_tensor();
+            match base {
+                Some(base) if value.rank() == 2 => {
+                    let (codes, scales) = delta::encode(value, base).with_context(|| format!("encoding {name}"))?;
+                    tensors.insert(format!("{name}{}", delta::CODES), codes);
+                    tensors.insert(format!("{name}{}", delta::SCALES), scales);
+                }
+                _ => {
+                    tensors.insert(name.clone(), value.to_dtype(DType::F16)?);
+                }
+            }
+        }
         candle_core::safetensors::save(&tensors, path).with_context(|| format!("writing {}", path.display()))
     }
 }
@@ -369,7 +396,7 @@ impl TrainableLayer {
         let mut take = |name: &str| -> Result<Tensor> {
             let full = format!("{prefix}.{name}");
             let tensor = base.get(&full).with_context(|| format!("base checkpoint has no tensor {full}"))?;
-            params.add(full, tensor)
+            params.add_tuned(full, tensor)
         };
         let mut linear = |name: &str| -> Result<Linear> {
             Ok(Linear::new(take(&format!("{name}.weight"))?, Some(take(&format!("{name}.bias"))?)))

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
-use candle_core::{DType, Tensor, D};
+use candle_core::{Tensor, D};
 use candle_nn::{Linear, Module};
 use indicatif::ProgressBar;
 use serde::Serialize;
@@ -185,7 +185,7 @@ pub fn train(
 
 fn save(out: &Path, options: &FinetuneOptions, params: &Params, semantic_change: LogisticMap) -> Result<()> {
     let weights = "weights.safetensors";
-    params.save(&out.join(weights), DType::F16)?;
+    params.save(&out.join(weights))?;
     let config = IntentConfig {
         base_model: options.base_model.clone(),
         weights: weights.to_string(),

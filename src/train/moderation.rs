@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use candle_nn::{Linear, Module};
 use indicatif::ProgressBar;
 use serde::Serialize;
@@ -292,7 +292,7 @@ pub fn train(
 
 fn save(out: &Path, options: &FinetuneOptions, params: &Params, report: &DevReport) -> Result<()> {
     let weights = "weights.safetensors";
-    params.save(&out.join(weights), DType::F16)?;
+    params.save(&out.join(weights))?;
     let config = ModerationConfig {
         base_model: options.base_model.clone(),
         weights: weights.to_string(),

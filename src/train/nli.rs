@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor, D};
 use candle_nn::{Linear, Module};
 use indicatif::ProgressBar;
 use serde::Serialize;
@@ -165,7 +165,7 @@ pub fn train(
 
 fn save(out: &Path, options: &FinetuneOptions, params: &Params) -> Result<()> {
     let weights = "weights.safetensors";
-    params.save(&out.join(weights), DType::F16)?;
+    params.save(&out.join(weights))?;
     let config = NliConfig {
         base_model: options.base_model.clone(),
         weights: weights.to_string(),
