@@ -233,33 +233,52 @@ fn moderate_cli_writes_one_line_per_text_with_offsets_in_the_asked_unit() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("missing"), "error names the folder");
 }
 
+/// Writes a tiny random BERT checkpoint with a classification head whose weights are zero, so
+/// every input gets exactly `bias` as logits: `token` picks `*ForTokenClassification` (no pooler).
+fn tiny_classifier(dir: &std::path::Path, labels: &[&str], bias: &[f32], multi_label: bool, token: bool) {
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::{linear, VarBuilder, VarMap};
+    let mut config = common::tiny::bert("bert", 0, 2, 128);
+    let parsed: concord::model::bert::Config = serde_json::from_value(config.clone()).expect("config");
+    let id2label: serde_json::Map<String, Value> =
+        labels.iter().enumerate().map(|(i, l)| (i.to_string(), json!(l))).collect();
+    config["id2label"] = Value::Object(id2label);
+    if multi_label {
+        config["problem_type"] = json!("multi_label_classification");
+    }
+    let architecture = if token { "BertForTokenClassification" } else { "BertForSequenceClassification" };
+    config["architectures"] = json!([architecture]);
+    std::fs::create_dir_all(dir).expect("dir");
+    std::fs::write(dir.join("config.json"), config.to_string()).expect("config");
+    std::fs::copy(common::default_model_dir().join("tokenizer.json"), dir.join("tokenizer.json")).expect("tokenizer");
+    let mut varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    concord::model::bert::BertModel::load(vb.pp("bert"), &parsed).expect("encoder");
+    if !token {
+        linear(32, 32, vb.pp("bert.pooler.dense")).expect("pooler");
+    }
+    linear(32, labels.len(), vb.pp("classifier")).expect("classifier");
+    let zeros = Tensor::zeros((labels.len(), 32), DType::F32, &Device::Cpu).expect("zeros");
+    varmap.set_one("classifier.weight", zeros).expect("set");
+    varmap.set_one("classifier.bias", Tensor::new(bias, &Device::Cpu).expect("bias")).expect("set");
+    varmap.save(dir.join("model.safetensors")).expect("save");
+}
+
+fn load(spec: &std::path::Path) -> anyhow::Result<concord::tasks::moderate::Moderator> {
+    use candle_core::{DType, Device};
+    let spec = spec.to_str().expect("utf-8");
+    concord::tasks::moderate::Moderator::load(spec, &Device::Cpu, DType::F32, EngineConfig::default())
+}
+
 /// A Hugging Face multi-label sequence classifier (toxic-bert style) works as the moderation
 /// model: its labels become the categories, each with its own sigmoid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_multi_label_classifier_can_replace_the_default_model() {
-    use candle_core::{DType, Device, Tensor};
-    use candle_nn::{linear, VarBuilder, VarMap};
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = common::tiny::bert("bert", 0, 2, 128);
-    let parsed: concord::model::bert::Config = serde_json::from_value(config.clone()).expect("config");
-    config["id2label"] = json!({"0": "toxic", "1": "insult"});
-    config["problem_type"] = json!("multi_label_classification");
-    std::fs::write(dir.path().join("config.json"), config.to_string()).expect("config");
-    std::fs::copy(common::default_model_dir().join("tokenizer.json"), dir.path().join("tokenizer.json"))
-        .expect("tokenizer");
-    let mut varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    concord::model::bert::BertModel::load(vb.pp("bert"), &parsed).expect("encoder");
-    linear(32, 32, vb.pp("bert.pooler.dense")).expect("pooler");
-    linear(32, 2, vb.pp("classifier")).expect("classifier");
-    varmap.set_one("classifier.weight", Tensor::zeros((2, 32), DType::F32, &Device::Cpu).expect("zeros")).expect("set");
-    varmap.set_one("classifier.bias", Tensor::new(&[2f32, -2.0], &Device::Cpu).expect("bias")).expect("set");
-    varmap.save(dir.path().join("model.safetensors")).expect("save");
-
-    let spec = dir.path().to_str().expect("utf-8");
-    let moderator = concord::tasks::moderate::Moderator::load(spec, &Device::Cpu, DType::F32, EngineConfig::default())
-        .expect("hub classifier loads");
-    assert_eq!(moderator.config().categories, vec!["toxic", "insult"]);
+    tiny_classifier(dir.path(), &["toxic", "insult"], &[2.0, -2.0], true, false);
+    let moderator = load(dir.path()).expect("hub classifier loads");
+    assert_eq!(moderator.categories(), vec!["toxic", "insult"]);
+    assert_eq!(moderator.span_threshold(), None);
     let results = moderator.moderate(&["some text".to_string()], &BTreeMap::new()).await.expect("moderates");
     let scores = &results[0].category_scores;
     // One sigmoid per label: sigmoid(2) and sigmoid(-2). A softmax over the two would give
@@ -270,4 +289,90 @@ async fn a_hub_multi_label_classifier_can_replace_the_default_model() {
     assert_eq!(results[0].categories["insult"], false);
     assert!(results[0].flagged);
     assert!(results[0].spans.is_empty());
+}
+
+/// A Hugging Face token classifier marks spans: a token's probability is one minus that of the
+/// label named `O`, wherever it sits in `id2label`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_token_classifier_marks_spans() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (marking, quiet) = (dir.path().join("marking"), dir.path().join("quiet"));
+    // softmax([3, 0]) = [0.9526, 0.0474]: every token is B-TOX with 0.9526.
+    tiny_classifier(&marking, &["B-TOX", "O"], &[3.0, 0.0], false, true);
+    tiny_classifier(&quiet, &["B-TOX", "O"], &[0.0, 3.0], false, true);
+    let text = "you absolute clown".to_string();
+
+    let moderator = load(&marking).expect("token classifier loads");
+    assert!(moderator.categories().is_empty());
+    assert_eq!(moderator.span_threshold(), Some(0.5));
+    let results = moderator.moderate(&[text.clone()], &BTreeMap::new()).await.expect("moderates");
+    assert_eq!(results[0].spans.len(), 1, "{:?}", results[0].spans);
+    assert_eq!(&text[results[0].spans[0].range.clone()], text);
+    assert!((results[0].spans[0].score - 0.9526).abs() < 1e-3);
+    assert!(!results[0].flagged, "no categories, nothing flagged");
+
+    let moderator = load(&quiet).expect("token classifier loads");
+    let results = moderator.moderate(&[text], &BTreeMap::new()).await.expect("moderates");
+    assert!(results[0].spans.is_empty(), "{:?}", results[0].spans);
+}
+
+/// A setup file takes each category from the model it names (under its own label or another),
+/// with its own threshold, and the spans from a third model; each model is loaded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setup_file_chooses_a_model_per_category_and_for_spans() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    tiny_classifier(&dir.path().join("toxicity"), &["toxic", "insult"], &[2.0, -2.0], true, false);
+    tiny_classifier(&dir.path().join("spans"), &["O", "TOXIC"], &[0.0, 3.0], false, true);
+    let setup = json!({
+        "categories": {
+            "toxic": {"model": "toxicity"},
+            "rude": {"model": "toxicity", "label": "insult", "threshold": 0.1},
+            "offensive": {"model": concord::tasks::moderate::DEFAULT_MODEL_DIR}
+        },
+        "spans": {"model": "spans", "threshold": 0.9}
+    });
+    let path = dir.path().join("setup.json");
+    std::fs::write(&path, setup.to_string()).expect("setup");
+    let moderator = load(&path).expect("setup loads");
+    assert_eq!(moderator.id(), "setup/setup");
+    assert_eq!(moderator.models().len(), 3, "{:?}", moderator.models());
+    assert_eq!(moderator.categories(), vec!["offensive", "rude", "toxic"]);
+    let thresholds = moderator.thresholds();
+    assert_eq!(thresholds["rude"], 0.1);
+    assert_eq!(thresholds["toxic"], 0.5);
+    let own = concord::tasks::moderate::ModerationConfig::read(std::path::Path::new(
+        concord::tasks::moderate::DEFAULT_MODEL_DIR,
+    ))
+    .expect("default config");
+    assert_eq!(thresholds["offensive"], own.thresholds["offensive"]);
+    assert_eq!(moderator.span_threshold(), Some(0.9));
+
+    let texts = vec!["Thanks, that reads much better now.".to_string()];
+    let results = moderator.moderate(&texts, &BTreeMap::new()).await.expect("moderates");
+    let result = &results[0];
+    assert!((result.category_scores["toxic"] - 0.8808).abs() < 1e-3, "{result:?}");
+    assert!((result.category_scores["rude"] - 0.1192).abs() < 1e-3, "{result:?}");
+    assert!(result.categories["rude"], "0.119 clears the setup's own threshold 0.1");
+    assert!(result.category_scores["offensive"] < own.thresholds["offensive"], "{result:?}");
+    assert_eq!(result.spans.len(), 1);
+    assert_eq!(&texts[0][result.spans[0].range.clone()], texts[0]);
+}
+
+#[test]
+fn a_setup_file_that_does_not_fit_its_models_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    tiny_classifier(&dir.path().join("toxicity"), &["toxic", "insult"], &[0.0, 0.0], true, false);
+    let cases = [
+        (json!({"categories": {"hate": {"model": "toxicity"}}}), "no label 'hate' (it has: toxic, insult)"),
+        (json!({"categories": {}, "spans": {"model": "toxicity"}}), "marks no spans"),
+        (json!({"categories": {"toxic": {"model": "toxicity", "threshold": 1.5}}}), "within 0..1"),
+        (json!({"categories": {"toxic": {"model": "toxicity", "labels": "x"}}}), "unknown field"),
+        (json!({"categories": {}}), "names no categories and no span model"),
+    ];
+    for (setup, reason) in cases {
+        let path = dir.path().join("setup.json");
+        std::fs::write(&path, setup.to_string()).expect("setup");
+        let error = format!("{:#}", load(&path).err().expect("refused"));
+        assert!(error.contains(reason), "{setup}: {error}");
+    }
 }

@@ -144,9 +144,10 @@ struct ServeArgs {
 /// Which moderation model to load.
 #[derive(Args, Clone)]
 pub struct ModerationModelArgs {
-    /// Moderation model: a Concord folder (moderation.json + weights) or a Hugging Face
-    /// sequence-classification checkpoint (folder or hub id; scores only, no spans); `none`
-    /// turns /v1/moderate off. Default: the model committed under models/moderation.
+    /// Moderation model: a Concord folder (moderation.json + weights), a Hugging Face
+    /// sequence-classification (scores) or token-classification (spans) checkpoint (folder or
+    /// hub id), or a setup file (.json) choosing a model per category and one for the spans;
+    /// `none` turns /v1/moderate off. Default: the model committed under models/moderation.
     #[arg(long = "moderation-model", env = "CONCORD_MODERATION_MODEL")]
     moderation_model: Option<String>,
 }

@@ -1,8 +1,9 @@
-//! The head of a Hugging Face `*ForSequenceClassification` checkpoint, applied in plain Rust to
-//! the first token's final state: every supported architecture's head is
-//! `out(activation(dense(state)))`, under architecture-specific tensor names.
+//! The heads of Hugging Face classification checkpoints, applied in plain Rust to final states:
+//! `*ForSequenceClassification` reads the first token, and every supported architecture's head
+//! is `out(activation(dense(state)))` under architecture-specific tensor names;
+//! `*ForTokenClassification` is one `classifier` layer applied to every token.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -32,9 +33,49 @@ impl Activation {
 struct HeadConfig {
     model_type: String,
     #[serde(default)]
+    architectures: Vec<String>,
+    #[serde(default)]
     id2label: BTreeMap<String, String>,
     problem_type: Option<String>,
     pooler_hidden_act: Option<String>,
+}
+
+impl HeadConfig {
+    fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        let raw = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&raw).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// Label names in output order from `id2label`; `LABEL_i` when it does not name every output.
+    fn labels(&self, outputs: usize) -> Result<Vec<String>> {
+        let mut labels: Vec<(usize, String)> = self
+            .id2label
+            .iter()
+            .map(|(id, label)| {
+                Ok((id.parse::<usize>().with_context(|| format!("id2label key '{id}'"))?, label.clone()))
+            })
+            .collect::<Result<_>>()?;
+        labels.sort();
+        Ok(if labels.len() == outputs {
+            labels.into_iter().map(|(_, l)| l).collect()
+        } else {
+            (0..outputs).map(|i| format!("LABEL_{i}")).collect()
+        })
+    }
+}
+
+fn read_weights(dir: &Path) -> Result<(std::path::PathBuf, HashMap<String, candle_core::Tensor>)> {
+    let weights = dir.join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu)
+        .with_context(|| format!("reading {}", weights.display()))?;
+    Ok((weights, tensors))
+}
+
+/// Which head a checkpoint carries, from its `architectures` (sequence classification unless it
+/// says `*ForTokenClassification`).
+pub fn is_token_classifier(dir: &Path) -> Result<bool> {
+    Ok(HeadConfig::read(dir)?.architectures.iter().any(|a| a.ends_with("ForTokenClassification")))
 }
 
 /// A sequence-classification head with its labels.
@@ -51,11 +92,7 @@ pub struct SequenceClassifier {
 impl SequenceClassifier {
     /// Reads the head of the checkpoint in `dir`; fails when it has none.
     pub fn load(dir: &Path) -> Result<Self> {
-        let config_path = dir.join("config.json");
-        let raw =
-            std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
-        let config: HeadConfig =
-            serde_json::from_str(&raw).with_context(|| format!("parsing {}", config_path.display()))?;
+        let config = HeadConfig::read(dir)?;
         let (dense, activation, out) = match config.model_type.as_str() {
             "bert" => ("pooler.dense", Activation::Tanh, "classifier"),
             "roberta" | "xlm-roberta" | "camembert" => ("classifier.dense", Activation::Tanh, "classifier.out_proj"),
@@ -71,9 +108,7 @@ impl SequenceClassifier {
             }
             other => bail!("no sequence-classification head known for model_type '{other}'"),
         };
-        let weights = dir.join("model.safetensors");
-        let tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu)
-            .with_context(|| format!("reading {}", weights.display()))?;
+        let (weights, tensors) = read_weights(dir)?;
         // BERT keeps its pooler inside the encoder (`bert.pooler`); the others at the top level.
         let find = |name: &str| -> Result<DenseHead> {
             ["", "bert."]
@@ -84,19 +119,7 @@ impl SequenceClassifier {
                 .and_then(|full| DenseHead::from_tensors(&tensors, &full))
         };
         let (dense, out) = (find(dense)?, find(out)?);
-        let mut labels: Vec<(usize, String)> = config
-            .id2label
-            .iter()
-            .map(|(id, label)| {
-                Ok((id.parse::<usize>().with_context(|| format!("id2label key '{id}'"))?, label.clone()))
-            })
-            .collect::<Result<_>>()?;
-        labels.sort();
-        let labels: Vec<String> = if labels.len() == out.outputs() {
-            labels.into_iter().map(|(_, l)| l).collect()
-        } else {
-            (0..out.outputs()).map(|i| format!("LABEL_{i}")).collect()
-        };
+        let labels = config.labels(out.outputs())?;
         Ok(Self {
             dense,
             activation,
@@ -115,5 +138,36 @@ impl SequenceClassifier {
         } else {
             super::heads::softmax(&logits)
         }
+    }
+}
+
+/// A token-classification head: the probability that a token is offending is one minus that of
+/// the background label (`O`, or the first label when none is called that), so BIO tagging
+/// schemes and plain two-label ones both work.
+pub struct TokenClassifier {
+    classifier: DenseHead,
+    background: usize,
+    pub labels: Vec<String>,
+}
+
+impl TokenClassifier {
+    pub fn load(dir: &Path) -> Result<Self> {
+        let config = HeadConfig::read(dir)?;
+        let (weights, tensors) = read_weights(dir)?;
+        if !tensors.contains_key("classifier.weight") {
+            bail!("{} has no token-classification head tensor classifier.weight", weights.display());
+        }
+        let classifier = DenseHead::from_tensors(&tensors, "classifier")?;
+        if classifier.outputs() < 2 {
+            bail!("a token classifier needs at least two labels, {} has {}", dir.display(), classifier.outputs());
+        }
+        let labels = config.labels(classifier.outputs())?;
+        let background = labels.iter().position(|l| l.eq_ignore_ascii_case("O")).unwrap_or(0);
+        Ok(Self { classifier, background, labels })
+    }
+
+    /// The probability that the token with final state `state` is not background.
+    pub fn probability(&self, state: &[f32]) -> f32 {
+        1.0 - super::heads::softmax(&self.classifier.apply(state))[self.background]
     }
 }

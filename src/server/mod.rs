@@ -25,7 +25,7 @@ use crate::runtime::{Engine, Models};
 use crate::tasks::factcheck::EmbeddingCache;
 use crate::tasks::intent::IntentModel;
 use crate::tasks::merge::Scorer;
-use crate::tasks::moderate::{ModerationConfig, Moderator};
+use crate::tasks::moderate::Moderator;
 use crate::tasks::nli::NliModel;
 
 /// Source sentences whose embeddings `/v1/factcheck` keeps (about 1.5 KB each).
@@ -190,10 +190,12 @@ pub struct Info {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ModerationInfo {
     id: String,
-    base_model: String,
+    /// The models behind it (one unless a setup file mixes several).
+    models: Vec<String>,
     categories: Vec<String>,
     thresholds: std::collections::BTreeMap<String, f32>,
-    span_threshold: f32,
+    /// Absent when no model marks spans.
+    span_threshold: Option<f32>,
 }
 
 #[utoipa::path(get, path = "/info", responses((status = 200, body = Info)))]
@@ -203,9 +205,12 @@ async fn info(State(state): State<SharedState>) -> Json<Info> {
         version: env!("CARGO_PKG_VERSION"),
         default_model: state.models.default_engine().info().id.clone(),
         models: state.models.all().iter().map(|e| e.info().clone()).collect(),
-        moderation: state.moderator.as_ref().map(|m| {
-            let ModerationConfig { base_model, categories, thresholds, span_threshold, .. } = m.config().clone();
-            ModerationInfo { id: m.id().to_string(), base_model, categories, thresholds, span_threshold }
+        moderation: state.moderator.as_ref().map(|m| ModerationInfo {
+            id: m.id().to_string(),
+            models: m.models(),
+            categories: m.categories(),
+            thresholds: m.thresholds(),
+            span_threshold: m.span_threshold(),
         }),
         nli: state.nli.as_ref().map(|m| m.id().to_string()),
         intent: state.intent.as_ref().map(|m| m.id().to_string()),

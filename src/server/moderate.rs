@@ -55,7 +55,7 @@ pub async fn create(
             "no moderation model is loaded; start `concord serve` with --moderation-model DIR",
         ));
     };
-    let categories = &moderator.config().categories;
+    let categories = moderator.categories();
     for (name, &value) in &request.thresholds {
         if !categories.contains(name) {
             return Err(ApiError::invalid(
@@ -68,7 +68,7 @@ pub async fn create(
         }
     }
     let texts = validate_texts(request.input, &state.limits)?;
-    let _admission = moderator.engine().admit()?;
+    let _admission = moderator.admit()?;
     let moderations = moderator.moderate(&texts, &request.thresholds).await?;
     Ok(Json(ModerationResponse {
         model: moderator.id().to_string(),

@@ -1,5 +1,6 @@
 //! Moderation: per-category scores for a text and the character spans that make it offensive.
-//! Hugging Face sequence-classification checkpoints can replace the default model (scores only).
+//! Hugging Face sequence-classification (scores) and token-classification (spans) checkpoints can
+//! replace the default model or be mixed with it per category in a setup file.
 //!
 //! The model is the shared encoder with its top layers fine-tuned (loaded as overrides of the
 //! base weights) plus two heads: a sentence head with one sigmoid per category over the
@@ -14,10 +15,10 @@ use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
-use crate::model::classifier::SequenceClassifier;
+use crate::model::classifier::{is_token_classifier, SequenceClassifier, TokenClassifier};
 use crate::model::heads::{load_heads, sigmoid, DenseHead};
 use crate::model::EmbeddingModel;
-use crate::runtime::{Engine, EngineConfig, EngineError, Input, Want};
+use crate::runtime::{Admission, Engine, EngineConfig, EngineError, Input, Want};
 use crate::text::offsets::{self, OffsetUnit};
 use crate::text::segment;
 
@@ -46,21 +47,78 @@ pub struct ModerationConfig {
     pub span_threshold: f32,
 }
 
-/// A loaded moderation model, ready to score texts.
+/// A loaded moderation setup, ready to score texts: one model or several (each with its own
+/// engine), routed to the categories and to the spans.
 pub struct Moderator {
-    engine: Engine,
-    config: ModerationConfig,
-    heads: Heads,
+    sources: Vec<Source>,
+    categories: Vec<Category>,
+    spans: Option<SpanRoute>,
     id: String,
 }
 
-/// Where category scores and spans come from.
+/// One loaded model.
+struct Source {
+    spec: String,
+    engine: Engine,
+    heads: Heads,
+}
+
+/// Where a model's category scores and token probabilities come from.
 enum Heads {
     /// Concord's own: one sigmoid per category over the mean-pooled states, and a token head.
-    Concord { sentence: DenseHead, token: DenseHead },
+    Concord { sentence: DenseHead, token: DenseHead, config: ModerationConfig },
     /// A Hugging Face sequence-classification checkpoint (e.g. a toxic-bert style multi-label
-    /// model): its labels are the categories, scored from the first token; no spans.
-    Hub(SequenceClassifier),
+    /// model): its labels are its categories, scored from the first token; no spans.
+    Sequence(SequenceClassifier),
+    /// A Hugging Face token-classification checkpoint: spans only.
+    Token(TokenClassifier),
+}
+
+/// A reported category: the model and output it is read from, and its default threshold.
+struct Category {
+    name: String,
+    source: usize,
+    output: usize,
+    threshold: f32,
+}
+
+/// The model whose token probabilities make the spans.
+struct SpanRoute {
+    source: usize,
+    threshold: f32,
+}
+
+/// A moderation setup file: which model scores each category and which marks the spans, so
+/// models can be mixed (e.g. a hub toxicity classifier for `toxic`, Concord's own model for the
+/// spans). Relative model paths are relative to the file's folder.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModerationSetup {
+    pub categories: BTreeMap<String, CategorySetup>,
+    #[serde(default)]
+    pub spans: Option<SpanSetup>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategorySetup {
+    /// Concord moderation folder or Hugging Face sequence classifier (folder or hub id).
+    pub model: String,
+    /// The model's own name for the category; defaults to the category's name.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Defaults to the model's calibrated threshold (Concord) or 0.5.
+    #[serde(default)]
+    pub threshold: Option<f32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpanSetup {
+    /// Concord moderation folder or Hugging Face token classifier (folder or hub id).
+    pub model: String,
+    #[serde(default)]
+    pub threshold: Option<f32>,
 }
 
 /// A span of the input, as a byte range, with the highest token probability inside it.
@@ -132,64 +190,211 @@ impl ModerationConfig {
     }
 }
 
-impl Moderator {
-    /// Loads `spec`: a Concord moderation folder (with `moderation.json`), or any Hugging Face
-    /// sequence-classification checkpoint of the supported encoders (folder or hub id), whose
-    /// `id2label` names become the categories (sigmoid per label when its `problem_type` is
-    /// multi-label, else softmax; threshold 0.5; no spans).
-    pub fn load(spec: &str, device: &Device, dtype: DType, engine: EngineConfig) -> Result<Self> {
-        let dir = Path::new(spec);
-        if !dir.join(CONFIG_FILE).is_file() {
-            let model = EmbeddingModel::load(spec, device, dtype)
-                .with_context(|| format!("loading moderation model '{spec}'"))?;
-            let classifier = SequenceClassifier::load(&model.info.path)?;
-            let config = ModerationConfig {
-                base_model: spec.to_string(),
-                weights: String::new(),
-                categories: classifier.labels.clone(),
-                thresholds: classifier.labels.iter().map(|l| (l.clone(), 0.5)).collect(),
-                span_threshold: 1.0,
-            };
-            let engine = Engine::start(model, engine)?;
-            return Ok(Self { engine, config, heads: Heads::Hub(classifier), id: spec.to_string() });
+impl Heads {
+    /// Category names in the order [`Self::scores`] gives them, with their default thresholds.
+    fn outputs(&self) -> Vec<(String, f32)> {
+        match self {
+            Heads::Concord { config, .. } => config
+                .categories
+                .iter()
+                .map(|c| (c.clone(), config.thresholds.get(c).copied().unwrap_or(0.5)))
+                .collect(),
+            Heads::Sequence(classifier) => classifier.labels.iter().map(|l| (l.clone(), 0.5)).collect(),
+            Heads::Token(_) => Vec::new(),
         }
-        let config = ModerationConfig::read(dir)?;
-        let weights: PathBuf = dir.join(&config.weights);
-        let model = EmbeddingModel::load_with_overrides(&config.base_model, &[weights.clone()], device, dtype)
-            .with_context(|| {
-                format!("loading the moderation encoder ({} + {})", config.base_model, weights.display())
-            })?;
-        let hidden = model.info.dimensions;
-        let mut heads = load_heads(&weights, &["heads.sentence", "heads.token"])?.into_iter();
-        let (Some(sentence), Some(token)) = (heads.next(), heads.next()) else {
-            anyhow::bail!("{} lacks its heads", weights.display());
+    }
+
+    /// The default span threshold, for models that mark spans.
+    fn span_threshold(&self) -> Option<f32> {
+        match self {
+            Heads::Concord { config, .. } => Some(config.span_threshold),
+            Heads::Sequence(_) => None,
+            Heads::Token(_) => Some(0.5),
+        }
+    }
+
+    /// Category probabilities of one window from its pooled vector and token states.
+    fn scores(&self, pooled: &[f32], states: &[Vec<f32>]) -> Vec<f32> {
+        match self {
+            Heads::Concord { sentence, .. } => sentence.apply(pooled).into_iter().map(sigmoid).collect(),
+            Heads::Sequence(classifier) => classifier.probabilities(states.first().map_or(&[][..], Vec::as_slice)),
+            Heads::Token(_) => Vec::new(),
+        }
+    }
+
+    /// Per-token probabilities of belonging to an offending span.
+    fn token_probabilities(&self, states: &[Vec<f32>]) -> Vec<f32> {
+        match self {
+            Heads::Concord { token, .. } => states.iter().map(|s| sigmoid(token.apply(s)[0])).collect(),
+            Heads::Token(classifier) => states.iter().map(|s| classifier.probability(s)).collect(),
+            Heads::Sequence(_) => Vec::new(),
+        }
+    }
+}
+
+impl Source {
+    /// Loads a Concord moderation folder (with `moderation.json`) or a Hugging Face
+    /// sequence- or token-classification checkpoint (folder or hub id).
+    fn load(spec: &str, device: &Device, dtype: DType, engine: EngineConfig) -> Result<Self> {
+        let dir = Path::new(spec);
+        if dir.join(CONFIG_FILE).is_file() {
+            let config = ModerationConfig::read(dir)?;
+            let weights: PathBuf = dir.join(&config.weights);
+            let model = EmbeddingModel::load_with_overrides(&config.base_model, &[weights.clone()], device, dtype)
+                .with_context(|| {
+                    format!("loading the moderation encoder ({} + {})", config.base_model, weights.display())
+                })?;
+            let hidden = model.info.dimensions;
+            let mut heads = load_heads(&weights, &["heads.sentence", "heads.token"])?.into_iter();
+            let (Some(sentence), Some(token)) = (heads.next(), heads.next()) else {
+                anyhow::bail!("{} lacks its heads", weights.display());
+            };
+            ensure!(
+                sentence.outputs() == config.categories.len() && sentence.inputs() == hidden,
+                "heads.sentence is {}×{}, expected {}×{hidden}",
+                sentence.outputs(),
+                sentence.inputs(),
+                config.categories.len()
+            );
+            ensure!(token.outputs() == 1 && token.inputs() == hidden, "heads.token must be 1×{hidden}");
+            let engine = Engine::start(model, engine)?;
+            return Ok(Self { spec: spec.to_string(), engine, heads: Heads::Concord { sentence, token, config } });
+        }
+        let model =
+            EmbeddingModel::load(spec, device, dtype).with_context(|| format!("loading moderation model '{spec}'"))?;
+        let heads = if is_token_classifier(&model.info.path)? {
+            Heads::Token(TokenClassifier::load(&model.info.path)?)
+        } else {
+            Heads::Sequence(SequenceClassifier::load(&model.info.path)?)
         };
-        ensure!(
-            sentence.outputs() == config.categories.len() && sentence.inputs() == hidden,
-            "heads.sentence is {}×{}, expected {}×{hidden}",
-            sentence.outputs(),
-            sentence.inputs(),
-            config.categories.len()
-        );
-        ensure!(token.outputs() == 1 && token.inputs() == hidden, "heads.token must be 1×{hidden}");
-        let id = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
         let engine = Engine::start(model, engine)?;
-        Ok(Self { engine, config, heads: Heads::Concord { sentence, token }, id: format!("concord/{id}") })
+        Ok(Self { spec: spec.to_string(), engine, heads })
+    }
+
+    /// How responses name the model: `concord/<folder>` for Concord's own, else the spec.
+    fn id(&self) -> String {
+        match &self.heads {
+            Heads::Concord { .. } => {
+                let dir = Path::new(&self.spec);
+                let name = dir.file_name().map_or_else(|| self.spec.clone(), |n| n.to_string_lossy().into_owned());
+                format!("concord/{name}")
+            }
+            _ => self.spec.clone(),
+        }
+    }
+}
+
+impl Moderator {
+    /// Loads `spec`: a moderation setup file (see [`ModerationSetup`]), a Concord moderation
+    /// folder (with `moderation.json`), or a Hugging Face checkpoint of the supported encoders
+    /// (folder or hub id). A sequence classifier's `id2label` names become the categories
+    /// (sigmoid per label when its `problem_type` is multi-label, else softmax; threshold 0.5;
+    /// no spans); a token classifier gives spans and no categories.
+    pub fn load(spec: &str, device: &Device, dtype: DType, engine: EngineConfig) -> Result<Self> {
+        let path = Path::new(spec);
+        if path.is_file() {
+            return Self::from_setup(path, device, dtype, engine);
+        }
+        let source = Source::load(spec, device, dtype, engine)?;
+        let categories = source
+            .heads
+            .outputs()
+            .into_iter()
+            .enumerate()
+            .map(|(output, (name, threshold))| Category { name, source: 0, output, threshold })
+            .collect();
+        let spans = source.heads.span_threshold().map(|threshold| SpanRoute { source: 0, threshold });
+        Ok(Self { id: source.id(), sources: vec![source], categories, spans })
+    }
+
+    fn from_setup(path: &Path, device: &Device, dtype: DType, engine: EngineConfig) -> Result<Self> {
+        let raw = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let setup: ModerationSetup =
+            serde_json::from_str(&raw).with_context(|| format!("parsing moderation setup {}", path.display()))?;
+        ensure!(
+            !setup.categories.is_empty() || setup.spans.is_some(),
+            "{} names no categories and no span model",
+            path.display()
+        );
+        let folder = path.parent().unwrap_or(Path::new("."));
+        let mut sources: Vec<Source> = Vec::new();
+        let source_of = |sources: &mut Vec<Source>, model: &str| -> Result<usize> {
+            let local = folder.join(model);
+            let spec = if local.exists() { local.to_string_lossy().into_owned() } else { model.to_string() };
+            if let Some(index) = sources.iter().position(|s| s.spec == spec) {
+                return Ok(index);
+            }
+            sources.push(Source::load(&spec, device, dtype, engine.clone())?);
+            Ok(sources.len() - 1)
+        };
+        let check = |what: &str, threshold: f32| {
+            ensure!((0.0..=1.0).contains(&threshold), "{}: threshold of {what} must be within 0..1", path.display());
+            Ok(())
+        };
+        let mut categories = Vec::new();
+        for (name, route) in &setup.categories {
+            let source = source_of(&mut sources, &route.model)?;
+            let outputs = sources[source].heads.outputs();
+            let label = route.label.as_deref().unwrap_or(name);
+            let Some(output) = outputs.iter().position(|(l, _)| l == label) else {
+                let known: Vec<&str> = outputs.iter().map(|(l, _)| l.as_str()).collect();
+                anyhow::bail!(
+                    "{}: category '{name}': model '{}' has no label '{label}' (it has: {})",
+                    path.display(),
+                    route.model,
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                );
+            };
+            let threshold = route.threshold.unwrap_or(outputs[output].1);
+            check(name, threshold)?;
+            categories.push(Category { name: name.clone(), source, output, threshold });
+        }
+        let spans = match &setup.spans {
+            Some(route) => {
+                let source = source_of(&mut sources, &route.model)?;
+                let Some(default) = sources[source].heads.span_threshold() else {
+                    anyhow::bail!("{}: spans: model '{}' marks no spans", path.display(), route.model);
+                };
+                let threshold = route.threshold.unwrap_or(default);
+                check("spans", threshold)?;
+                Some(SpanRoute { source, threshold })
+            }
+            None => None,
+        };
+        let stem = path.file_stem().map_or_else(|| "moderation".into(), |s| s.to_string_lossy().into_owned());
+        Ok(Self { sources, categories, spans, id: format!("setup/{stem}") })
     }
 
     pub fn id(&self) -> &str {
         &self.id
     }
 
-    pub fn engine(&self) -> &Engine {
-        &self.engine
+    /// The models loaded, by the spec they were loaded from.
+    pub fn models(&self) -> Vec<String> {
+        self.sources.iter().map(Source::id).collect()
     }
 
-    pub fn config(&self) -> &ModerationConfig {
-        &self.config
+    /// Category names in report order.
+    pub fn categories(&self) -> Vec<String> {
+        self.categories.iter().map(|c| c.name.clone()).collect()
     }
 
-    /// Scores `texts`. `thresholds` overrides the model's per-category defaults.
+    /// Default decision threshold per category.
+    pub fn thresholds(&self) -> BTreeMap<String, f32> {
+        self.categories.iter().map(|c| (c.name.clone(), c.threshold)).collect()
+    }
+
+    /// Token probability from which a token is part of a span; `None` when no model marks spans.
+    pub fn span_threshold(&self) -> Option<f32> {
+        self.spans.as_ref().map(|s| s.threshold)
+    }
+
+    /// Takes a place under every engine's admission control, or fails when one is full.
+    pub fn admit(&self) -> Result<Vec<Admission>, EngineError> {
+        self.sources.iter().map(|s| s.engine.admit()).collect()
+    }
+
+    /// Scores `texts`. `thresholds` overrides the default per-category thresholds.
     pub async fn moderate(
         &self,
         texts: &[String],
@@ -204,32 +409,33 @@ impl Moderator {
             }
         }
         let want = Want { normalize: false, token_states: true };
-        let encoded = self.engine.encode(inputs, want, true).await?;
-        let categories = &self.config.categories;
-        let mut scores = vec![vec![0f32; categories.len()]; texts.len()];
+        let encoded =
+            futures::future::try_join_all(self.sources.iter().map(|s| s.engine.encode(inputs.clone(), want, true)))
+                .await?;
+        let mut scores = vec![vec![0f32; self.categories.len()]; texts.len()];
         let mut spans: Vec<Vec<ScoredSpan>> = vec![Vec::new(); texts.len()];
-        for ((index, range), item) in windows.into_iter().zip(encoded) {
-            let states = item.token_states.unwrap_or_default();
-            let (window_scores, token_head) = match &self.heads {
-                Heads::Concord { sentence, token } => {
-                    (sentence.apply(&item.pooled).into_iter().map(sigmoid).collect::<Vec<_>>(), token)
-                }
-                Heads::Hub(classifier) => {
-                    let first = states.first().map_or(&[][..], Vec::as_slice);
-                    for (best, p) in scores[index].iter_mut().zip(classifier.probabilities(first)) {
-                        *best = best.max(p);
-                    }
-                    continue;
-                }
-            };
-            for (best, p) in scores[index].iter_mut().zip(window_scores) {
-                *best = best.max(p);
+        for (window, (index, range)) in windows.into_iter().enumerate() {
+            let outputs: Vec<Vec<f32>> = self
+                .sources
+                .iter()
+                .zip(&encoded)
+                .map(|(source, items)| {
+                    let item = &items[window];
+                    source.heads.scores(&item.pooled, item.token_states.as_deref().unwrap_or_default())
+                })
+                .collect();
+            for (best, category) in scores[index].iter_mut().zip(&self.categories) {
+                *best = best.max(outputs[category.source][category.output]);
             }
-            let probs: Vec<f32> = states.iter().map(|s| sigmoid(token_head.apply(s)[0])).collect();
-            let window = &texts[index][range.clone()];
-            for span in spans_from_token_probs(window, &item.tokens.offsets, &probs, self.config.span_threshold) {
-                let shifted = span.range.start + range.start..span.range.end + range.start;
-                spans[index].push(ScoredSpan { range: shifted, score: span.score });
+            if let Some(route) = &self.spans {
+                let item = &encoded[route.source][window];
+                let states = item.token_states.as_deref().unwrap_or_default();
+                let probs = self.sources[route.source].heads.token_probabilities(states);
+                let text = &texts[index][range.clone()];
+                for span in spans_from_token_probs(text, &item.tokens.offsets, &probs, route.threshold) {
+                    let shifted = span.range.start + range.start..span.range.end + range.start;
+                    spans[index].push(ScoredSpan { range: shifted, score: span.score });
+                }
             }
         }
         Ok(scores
@@ -238,11 +444,10 @@ impl Moderator {
             .map(|(scores, spans)| {
                 let mut flags = BTreeMap::new();
                 let mut category_scores = BTreeMap::new();
-                for (name, score) in categories.iter().zip(scores) {
-                    let threshold =
-                        thresholds.get(name).or_else(|| self.config.thresholds.get(name)).copied().unwrap_or(0.5);
-                    flags.insert(name.clone(), score >= threshold);
-                    category_scores.insert(name.clone(), score);
+                for (category, score) in self.categories.iter().zip(scores) {
+                    let threshold = thresholds.get(&category.name).copied().unwrap_or(category.threshold);
+                    flags.insert(category.name.clone(), score >= threshold);
+                    category_scores.insert(category.name.clone(), score);
                 }
                 Moderation {
                     flagged: flags.values().any(|&f| f),
