@@ -46,8 +46,8 @@ async fn http_embeddings_match_sentence_transformers() {
     }
 }
 
-#[test]
-fn cli_embed_matches_sentence_transformers() {
+/// Each reference sentence with the cosine between `concord embed ARGS` and the reference.
+fn cli_cosines(args: &[&str]) -> Vec<(String, f32)> {
     let reference = reference_embeddings();
     let mut input = tempfile::NamedTempFile::new().expect("temp file");
     for (i, (text, _)) in reference.iter().enumerate() {
@@ -55,6 +55,7 @@ fn cli_embed_matches_sentence_transformers() {
     }
     let output = Command::new(env!("CARGO_BIN_EXE_concord"))
         .args(["embed", "--format", "jsonl"])
+        .args(args)
         .arg(input.path())
         .output()
         .expect("concord runs");
@@ -63,17 +64,43 @@ fn cli_embed_matches_sentence_transformers() {
     let lines: Vec<serde_json::Value> =
         stdout.lines().map(|l| serde_json::from_str(l).expect("JSONL output")).collect();
     assert_eq!(lines.len(), reference.len());
-    for (i, (line, (text, expected))) in lines.iter().zip(&reference).enumerate() {
-        assert_eq!(line["id"], format!("s{i}"));
-        let got: Vec<f32> = line["embedding"]
-            .as_array()
-            .expect("embedding")
-            .iter()
-            .map(|x| x.as_f64().expect("float") as f32)
-            .collect();
-        let cos = cosine(&got, expected);
+    lines
+        .iter()
+        .zip(reference)
+        .enumerate()
+        .map(|(i, (line, (text, expected)))| {
+            assert_eq!(line["id"], format!("s{i}"));
+            let got: Vec<f32> = line["embedding"]
+                .as_array()
+                .expect("embedding")
+                .iter()
+                .map(|x| x.as_f64().expect("float") as f32)
+                .collect();
+            (text, cosine(&got, &expected))
+        })
+        .collect()
+}
+
+#[test]
+fn cli_embed_matches_sentence_transformers() {
+    for (text, cos) in cli_cosines(&[]) {
         assert!(cos >= MIN_COSINE, "cosine {cos} for {text:?}");
     }
+}
+
+/// `--dtype q8` (int8 linear layers) stays within the bound of the reference.
+#[test]
+fn cli_embed_in_int8_stays_close_to_sentence_transformers() {
+    if !concord::model::int8::supported() {
+        eprintln!("skipped: this CPU has no AVX-512 VNNI, so --dtype q8 is refused (tested elsewhere)");
+        return;
+    }
+    let cosines = cli_cosines(&["--dtype", "q8"]);
+    let mean = cosines.iter().map(|(_, c)| c).sum::<f32>() / cosines.len() as f32;
+    for (text, cos) in &cosines {
+        assert!(*cos >= 0.995, "q8 cosine {cos} for {text:?}");
+    }
+    assert!(mean < 0.99999, "q8 must actually quantize: mean cosine {mean} is exactly f32's");
 }
 
 #[test]

@@ -78,7 +78,8 @@ pub struct ModelArgs {
     /// Device: cpu, cuda, cuda:N or metal (GPU devices need a build with that feature).
     #[arg(long, default_value = "cpu", env = "CONCORD_DEVICE")]
     device: String,
-    /// Weights precision: f32, or f16 / bf16 on a GPU.
+    /// Weights precision: f32; q8 on the CPU (int8 linear layers of BERT-family encoders, needs
+    /// AVX-512 VNNI); f16 / bf16 on a GPU.
     #[arg(long, default_value = "f32", env = "CONCORD_DTYPE")]
     dtype: String,
 }

@@ -8,7 +8,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
-use super::kernels;
+use super::{int8, kernels};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -81,14 +81,37 @@ impl Embeddings {
     }
 }
 
-fn without_bias(linear: &Linear) -> Linear {
-    Linear::new(linear.weight().clone(), None)
+/// A linear layer: candle's, or int8 on CPUs when `--dtype q8` turned it on.
+enum Dense {
+    Float(Linear),
+    Int8(int8::Int8Linear),
+}
+
+impl Dense {
+    fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        if int8::enabled() && weight.device().is_cpu() {
+            Ok(Self::Int8(int8::Int8Linear::new(&weight, bias.as_ref())?))
+        } else {
+            Ok(Self::Float(Linear::new(weight, bias)))
+        }
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Float(linear) => linear.forward(xs),
+            Self::Int8(linear) => linear.forward(xs),
+        }
+    }
+}
+
+fn without_bias(linear: &Linear) -> Result<Dense> {
+    Dense::new(linear.weight().clone(), None)
 }
 
 struct SelfAttention {
-    qkv: Linear,
+    qkv: Dense,
     /// The output projection, without its bias: the bias is added by `add_norm`.
-    output: Linear,
+    output: Dense,
     add_norm: kernels::AddNorm,
     num_heads: usize,
     head_dim: usize,
@@ -109,8 +132,8 @@ impl SelfAttention {
         };
         let output = linear(h, h, vb.pp("output").pp("dense"))?;
         Ok(Self {
-            qkv: Linear::new(weight, bias),
-            output: without_bias(&output),
+            qkv: Dense::new(weight, bias)?,
+            output: without_bias(&output)?,
             add_norm: kernels::AddNorm::new(
                 output.bias().cloned(),
                 layer_norm(h, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
@@ -161,9 +184,9 @@ fn equal_length_runs(lengths: &[usize]) -> Vec<(usize, usize)> {
 }
 
 struct FeedForward {
-    intermediate: Linear,
+    intermediate: Dense,
     /// Without its bias, which `add_norm` adds.
-    output: Linear,
+    output: Dense,
     add_norm: kernels::AddNorm,
     act: HiddenAct,
 }
@@ -171,9 +194,10 @@ struct FeedForward {
 impl FeedForward {
     fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
         let output = linear(cfg.intermediate_size, cfg.hidden_size, vb.pp("output").pp("dense"))?;
+        let intermediate = linear(cfg.hidden_size, cfg.intermediate_size, vb.pp("intermediate").pp("dense"))?;
         Ok(Self {
-            intermediate: linear(cfg.hidden_size, cfg.intermediate_size, vb.pp("intermediate").pp("dense"))?,
-            output: without_bias(&output),
+            intermediate: Dense::new(intermediate.weight().clone(), intermediate.bias().cloned())?,
+            output: without_bias(&output)?,
             add_norm: kernels::AddNorm::new(
                 output.bias().cloned(),
                 layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,

@@ -29,6 +29,8 @@ pub struct Encoder {
     pub max_positions: usize,
     pub device: Device,
     pub dtype: DType,
+    /// Linear layers run in int8 (`--dtype q8`, BERT family on the CPU).
+    pub int8: bool,
 }
 
 /// Which implementation a `model_type` runs on.
@@ -108,7 +110,12 @@ impl Encoder {
             }
             _ => positions,
         };
-        Ok(Self { arch, model_type, hidden_size, max_positions, device: device.clone(), dtype })
+        let int8 = super::int8::enabled() && device.is_cpu();
+        if int8 && !matches!(arch, Architecture::Bert(_)) {
+            tracing::warn!(model_type, "dtype q8 covers BERT-family encoders; this one runs f32");
+        }
+        let int8 = int8 && matches!(arch, Architecture::Bert(_));
+        Ok(Self { arch, model_type, hidden_size, max_positions, device: device.clone(), dtype, int8 })
     }
 
     /// Runs the encoder on a batch; returns each sequence's hidden states, `[len, hidden]` f32.

@@ -7,6 +7,7 @@ pub mod delta;
 pub mod device;
 pub mod encoder;
 pub mod heads;
+pub mod int8;
 pub mod kernels;
 pub mod source;
 pub mod tokenize;
@@ -129,7 +130,7 @@ impl EmbeddingModel {
             pooling,
             normalize,
             device: device::describe(device),
-            dtype: format!("{dtype:?}").to_lowercase(),
+            dtype: if encoder.int8 { "q8".to_string() } else { format!("{dtype:?}").to_lowercase() },
         };
         Ok(Self { encoder, tokenizer, pooling, normalize, info })
     }
