@@ -4,11 +4,11 @@
 //! RoBERTa differs only in where positions start (after the padding index) and in having a single
 //! token type, so one struct serves both.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
-use super::{int8, kernels};
+use super::{int8, kernels, packed};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -81,16 +81,21 @@ impl Embeddings {
     }
 }
 
-/// A linear layer: candle's, or int8 on CPUs when `--dtype q8` turned it on.
+/// A linear layer: on CPUs with AVX-512 Concord's own kernels over weights packed at load
+/// (int8 when `--dtype q8` turned it on), elsewhere candle's.
 enum Dense {
     Float(Linear),
+    Packed(packed::PackedLinear),
     Int8(int8::Int8Linear),
 }
 
 impl Dense {
     fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        if int8::enabled() && weight.device().is_cpu() {
+        let cpu_f32 = weight.device().is_cpu() && weight.dtype() == DType::F32;
+        if int8::enabled() && cpu_f32 {
             Ok(Self::Int8(int8::Int8Linear::new(&weight, bias.as_ref())?))
+        } else if packed::supported() && cpu_f32 {
+            Ok(Self::Packed(packed::PackedLinear::new(&weight, bias.as_ref())?))
         } else {
             Ok(Self::Float(Linear::new(weight, bias)))
         }
@@ -99,6 +104,7 @@ impl Dense {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         match self {
             Self::Float(linear) => linear.forward(xs),
+            Self::Packed(linear) => linear.forward(xs),
             Self::Int8(linear) => linear.forward(xs),
         }
     }

@@ -14,16 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// Output channels per packed block: one 512-bit register of i32 accumulators.
-const LANES: usize = 16;
-/// Rows of activations per micro-tile: 6 × 4 accumulators, 4 weights and a broadcast fill
-/// 29 of the 32 vector registers.
-const TILE_ROWS: usize = 6;
-/// Blocks of output channels per micro-tile (64 channels).
-const TILE_BLOCKS: usize = 4;
-/// Rows and blocks per parallel task: small enough that a batch-1 request still uses both cores.
-const TASK_ROWS: usize = 8 * TILE_ROWS;
-const TASK_BLOCKS: usize = 4;
+use super::tiles::{self, LANES};
 
 /// Whether BERT-family encoders loaded from now on quantize their linear layers. A process-wide
 /// choice made once at start-up (`--dtype q8`), so the many model-loading paths need no extra
@@ -113,114 +104,44 @@ impl Int8Linear {
         xs.contiguous()?.apply_op1_no_bwd(self)
     }
 
-    fn blocks(&self) -> usize {
-        self.scales.len() / LANES
-    }
-
     /// Computes all outputs for `xs` (`rows × inputs`, row-major) into `out` (`rows × outputs`).
-    /// Work is cut into tiles of rows × output blocks so that both a long batch and a single
-    /// short sentence keep every core busy.
     fn run(&self, xs: &[f32], rows: usize, out: &mut [f32]) {
         let activations = quantize_rows(xs, rows, self.inputs, self.padded_inputs);
-        let row_tasks = rows.div_ceil(TASK_ROWS);
-        let block_tasks = self.blocks().div_ceil(TASK_BLOCKS);
-        let out = OutputPtr(out.as_mut_ptr());
-        (0..row_tasks * block_tasks).into_par_iter().for_each(|task| {
-            let (row_task, block_task) = (task / block_tasks, task % block_tasks);
-            let rows = row_task * TASK_ROWS..((row_task + 1) * TASK_ROWS).min(rows);
-            let blocks = block_task * TASK_BLOCKS..((block_task + 1) * TASK_BLOCKS).min(self.blocks());
-            // SAFETY: tasks cover disjoint row × column rectangles of `out`, which holds
-            // `rows × outputs` values and outlives the parallel loop.
-            unsafe { self.task(&activations, rows, blocks, &out) };
+        let blocks = self.scales.len() / LANES;
+        tiles::for_each_tile(rows, blocks, out, |row, rows, block, blocks, out| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                let first_column = block * LANES;
+                // SAFETY: `new` refused CPUs without the kernel's features; the pointers cover
+                // this tile's activation rows, weight blocks and outputs, which no other tile
+                // writes.
+                unsafe {
+                    let tile = vnni::Tile {
+                        activations: activations.values[row * self.padded_inputs..].as_ptr(),
+                        stride: self.padded_inputs,
+                        weights: self.packed[block * self.padded_inputs * LANES..].as_ptr(),
+                        groups: self.padded_inputs / 4,
+                        row_scales: &activations.scales[row..],
+                        row_zeros: &activations.zeros[row..],
+                        column_scales: &self.scales[first_column..],
+                        column_sums: &self.column_sums[first_column..],
+                        bias: &self.bias[first_column..],
+                        out: out.at(row * self.outputs + first_column),
+                        out_stride: self.outputs,
+                        columns: (self.outputs - first_column).min(blocks * LANES),
+                    };
+                    use vnni::tile as kernel;
+                    tiles::dispatch_tile!(kernel, rows, blocks, &tile)
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = (&activations, row, rows, block, blocks, out);
+                unreachable!("Int8Linear::new refuses CPUs without AVX-512 VNNI");
+            }
         });
     }
-
-    /// # Safety
-    /// `out` must hold `rows × outputs` values, and no other thread may touch this rectangle.
-    unsafe fn task(
-        &self,
-        activations: &Quantized,
-        rows: std::ops::Range<usize>,
-        blocks: std::ops::Range<usize>,
-        out: &OutputPtr,
-    ) {
-        let mut row = rows.start;
-        while row < rows.end {
-            let tile_rows = (rows.end - row).min(TILE_ROWS);
-            let mut block = blocks.start;
-            while block < blocks.end {
-                let tile_blocks = (blocks.end - block).min(TILE_BLOCKS);
-                self.tile(activations, row, tile_rows, block, tile_blocks, out);
-                block += tile_blocks;
-            }
-            row += tile_rows;
-        }
-    }
-
-    /// # Safety
-    /// As [`Self::task`], for the tile's rectangle.
-    unsafe fn tile(
-        &self,
-        activations: &Quantized,
-        row: usize,
-        rows: usize,
-        block: usize,
-        blocks: usize,
-        out: &OutputPtr,
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let first_column = block * LANES;
-            let tile = vnni::Tile {
-                activations: activations.values[row * self.padded_inputs..].as_ptr(),
-                stride: self.padded_inputs,
-                weights: self.packed[block * self.padded_inputs * LANES..].as_ptr(),
-                groups: self.padded_inputs / 4,
-                row_scales: &activations.scales[row..],
-                row_zeros: &activations.zeros[row..],
-                column_scales: &self.scales[first_column..],
-                column_sums: &self.column_sums[first_column..],
-                bias: &self.bias[first_column..],
-                out: out.0.add(row * self.outputs + first_column),
-                out_stride: self.outputs,
-                columns: (self.outputs - first_column).min(blocks * LANES),
-            };
-            macro_rules! call {
-                ($r:literal, $b:literal) => {
-                    vnni::tile::<$r, $b>(&tile)
-                };
-            }
-            macro_rules! by_blocks {
-                ($r:literal) => {
-                    match blocks {
-                        1 => call!($r, 1),
-                        2 => call!($r, 2),
-                        3 => call!($r, 3),
-                        _ => call!($r, 4),
-                    }
-                };
-            }
-            match rows {
-                1 => by_blocks!(1),
-                2 => by_blocks!(2),
-                3 => by_blocks!(3),
-                4 => by_blocks!(4),
-                5 => by_blocks!(5),
-                _ => by_blocks!(6),
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (activations, row, rows, block, blocks, out);
-            unreachable!("Int8Linear::new refuses CPUs without AVX-512 VNNI");
-        }
-    }
 }
-
-/// The output buffer, shared by the parallel tasks that each write their own rectangle.
-struct OutputPtr(*mut f32);
-// SAFETY: tasks write disjoint parts of the buffer (see `Int8Linear::run`).
-unsafe impl Sync for OutputPtr {}
 
 impl CustomOp1 for Int8Linear {
     fn name(&self) -> &'static str {
@@ -274,7 +195,7 @@ fn quantize_rows(xs: &[f32], rows: usize, inputs: usize, padded: usize) -> Quant
 mod vnni {
     use std::arch::x86_64::*;
 
-    use super::LANES;
+    use crate::model::tiles::LANES;
 
     /// One micro-tile's inputs and where its outputs go.
     pub struct Tile<'a> {

@@ -9,7 +9,9 @@ pub mod encoder;
 pub mod heads;
 pub mod int8;
 pub mod kernels;
+pub mod packed;
 pub mod source;
+pub mod tiles;
 pub mod tokenize;
 
 use std::path::{Path, PathBuf};

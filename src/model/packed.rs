@@ -1,0 +1,207 @@
+//! An f32 linear layer with its weights packed once at load, for short inputs on AVX-512.
+//!
+//! candle's matmul (the `gemm` crate) repacks the weight matrix on every call. For a batch of
+//! thousands of tokens that cost is spread thin; for one short sentence (a dozen tokens) it is
+//! a large share of the layer (27% of a batch-1 profile, benches/RESULTS.md). Here the weights
+//! are laid out once in the order the kernel reads them, and the kernel keeps a 6 × 64 tile of
+//! outputs in registers. Long inputs keep using candle's matmul, which blocks for the caches.
+
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+
+use super::tiles::{self, LANES};
+
+/// True when this CPU can run the packed kernel.
+pub fn supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `y = x·Wᵀ + b` with `W` packed as `[blocks of 16 outputs][inputs][16]`.
+pub struct PackedLinear {
+    outputs: usize,
+    inputs: usize,
+    packed: Vec<f32>,
+    /// Padded to whole blocks; zero when the layer has none.
+    bias: Vec<f32>,
+}
+
+impl PackedLinear {
+    /// Packs `weight` (`[outputs, inputs]`, as stored by PyTorch).
+    pub fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
+        if !supported() {
+            bail!("the packed f32 kernel needs AVX-512");
+        }
+        let (outputs, inputs) = weight.dims2()?;
+        let rows = weight.to_dtype(DType::F32)?.to_device(&candle_core::Device::Cpu)?.to_vec2::<f32>()?;
+        let blocks = outputs.div_ceil(LANES);
+        let mut packed = vec![0f32; blocks * inputs * LANES];
+        for (channel, row) in rows.iter().enumerate() {
+            let (block, lane) = (channel / LANES, channel % LANES);
+            for (k, &w) in row.iter().enumerate() {
+                packed[(block * inputs + k) * LANES + lane] = w;
+            }
+        }
+        let mut padded_bias = vec![0f32; blocks * LANES];
+        if let Some(bias) = bias {
+            let bias = bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            if bias.len() != outputs {
+                bail!("bias has {} values for {outputs} outputs", bias.len());
+            }
+            padded_bias[..outputs].copy_from_slice(&bias);
+        }
+        Ok(Self { outputs, inputs, packed, bias: padded_bias })
+    }
+
+    /// `xs`: `[tokens, inputs]` f32 on the CPU.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        xs.contiguous()?.apply_op1_no_bwd(self)
+    }
+
+    fn run(&self, xs: &[f32], rows: usize, out: &mut [f32]) {
+        let blocks = self.bias.len() / LANES;
+        tiles::for_each_tile(rows, blocks, out, |row, rows, block, blocks, out| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                let first_column = block * LANES;
+                // SAFETY: `new` refused CPUs without AVX-512; the pointers cover this tile's
+                // input rows, weight blocks and outputs, which no other tile writes.
+                unsafe {
+                    let tile = avx512::Tile {
+                        activations: xs[row * self.inputs..].as_ptr(),
+                        weights: self.packed[block * self.inputs * LANES..].as_ptr(),
+                        inputs: self.inputs,
+                        bias: &self.bias[first_column..],
+                        out: out.at(row * self.outputs + first_column),
+                        out_stride: self.outputs,
+                        columns: (self.outputs - first_column).min(blocks * LANES),
+                    };
+                    use avx512::tile as kernel;
+                    tiles::dispatch_tile!(kernel, rows, blocks, &tile)
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = (xs, row, rows, block, blocks, out);
+                unreachable!("PackedLinear::new refuses CPUs without AVX-512");
+            }
+        });
+    }
+}
+
+impl CustomOp1 for PackedLinear {
+    fn name(&self) -> &'static str {
+        "packed-linear"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else { bail!("packed linear expects f32 activations") };
+        let (rows, inputs) = layout.shape().dims2()?;
+        if inputs != self.inputs {
+            bail!("packed linear expects {} inputs, got {inputs}", self.inputs);
+        }
+        let Some((start, end)) = layout.contiguous_offsets() else { bail!("packed linear needs contiguous input") };
+        let mut out = vec![0f32; rows * self.outputs];
+        self.run(&data[start..end], rows, &mut out);
+        Ok((CpuStorage::F32(out), Shape::from((rows, self.outputs))))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use crate::model::tiles::LANES;
+
+    pub struct Tile<'a> {
+        /// The tile's first input row; rows are `inputs` values apart.
+        pub activations: *const f32,
+        /// The tile's first packed block; blocks are `inputs · 16` values apart.
+        pub weights: *const f32,
+        pub inputs: usize,
+        /// From the tile's first column on.
+        pub bias: &'a [f32],
+        pub out: *mut f32,
+        pub out_stride: usize,
+        /// Valid output columns in the tile (the last block may be partly padding).
+        pub columns: usize,
+    }
+
+    /// `R` rows × `B` blocks of `x·Wᵀ + b`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F; the pointers must cover `R` rows and `B` blocks, and `out`
+    /// must be this thread's to write.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile<const R: usize, const B: usize>(tile: &Tile) {
+        let mut acc = [[_mm512_setzero_ps(); B]; R];
+        let block_values = tile.inputs * LANES;
+        for k in 0..tile.inputs {
+            let mut weights = [_mm512_setzero_ps(); B];
+            for (b, weight) in weights.iter_mut().enumerate() {
+                *weight = _mm512_loadu_ps(tile.weights.add(b * block_values + k * LANES));
+            }
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(*tile.activations.add(r * tile.inputs + k));
+                for (acc, weight) in acc.iter_mut().zip(&weights) {
+                    *acc = _mm512_fmadd_ps(x, *weight, *acc);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let out = tile.out.add(r * tile.out_stride);
+            for (b, acc) in acc.iter().enumerate() {
+                let column = b * LANES;
+                if column >= tile.columns {
+                    break;
+                }
+                let value = _mm512_add_ps(*acc, _mm512_loadu_ps(tile.bias[column..].as_ptr()));
+                let valid = (tile.columns - column).min(LANES);
+                let mask: __mmask16 = if valid == LANES { 0xffff } else { (1u16 << valid) - 1 };
+                _mm512_mask_storeu_ps(out.add(column), mask, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Module};
+
+    use super::*;
+
+    fn compare(rows: usize, inputs: usize, outputs: usize, bias: bool) -> Result<()> {
+        if !supported() {
+            return Ok(());
+        }
+        let device = Device::Cpu;
+        let weight = Tensor::randn(0f32, 0.05, (outputs, inputs), &device)?;
+        let bias = if bias { Some(Tensor::randn(0f32, 0.1, outputs, &device)?) } else { None };
+        let xs = Tensor::randn(0f32, 1.0, (rows, inputs), &device)?;
+        let exact = candle_nn::Linear::new(weight.clone(), bias.clone()).forward(&xs)?;
+        let packed = PackedLinear::new(&weight, bias.as_ref())?.forward(&xs)?;
+        assert_eq!(packed.dims(), exact.dims());
+        // Only the order of the additions differs.
+        let error = (&packed - &exact)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(error < 1e-4, "{rows}×{inputs}→{outputs}: max error {error}");
+        Ok(())
+    }
+
+    #[test]
+    fn matches_candles_linear_on_model_shapes() -> Result<()> {
+        compare(1, 384, 1152, true)?;
+        compare(13, 384, 1536, true)?;
+        compare(40, 1536, 384, false)
+    }
+
+    #[test]
+    fn handles_ragged_shapes() -> Result<()> {
+        compare(7, 30, 21, true)?;
+        compare(53, 5, 100, false)
+    }
+}

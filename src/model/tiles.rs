@@ -1,0 +1,96 @@
+//! The parallel driver shared by Concord's own linear-layer kernels ([`super::int8`],
+//! [`super::packed`]): the output `rows × outputs` is cut into tasks of rows × blocks of 16
+//! output channels, so that both a long batch and a single short sentence keep every core busy,
+//! and each task into micro-tiles of at most [`TILE_ROWS`] × [`TILE_BLOCKS`] that a kernel
+//! computes in registers.
+
+use rayon::prelude::*;
+
+/// Output channels per block: one 512-bit register of 32-bit lanes.
+pub const LANES: usize = 16;
+/// Rows per micro-tile: 6 × 4 accumulators, 4 weight registers and a broadcast fill 29 of the
+/// 32 vector registers.
+pub const TILE_ROWS: usize = 6;
+/// Blocks per micro-tile (64 output channels).
+pub const TILE_BLOCKS: usize = 4;
+const TASK_ROWS: usize = 8 * TILE_ROWS;
+const TASK_BLOCKS: usize = 4;
+
+/// Calls `tile(first_row, rows, first_block, blocks, out)` for every micro-tile of a
+/// `rows × blocks` output, in parallel.
+pub fn for_each_tile(
+    rows: usize,
+    blocks: usize,
+    out: &mut [f32],
+    tile: impl Fn(usize, usize, usize, usize, &Output) + Sync,
+) {
+    let row_tasks = rows.div_ceil(TASK_ROWS);
+    let block_tasks = blocks.div_ceil(TASK_BLOCKS);
+    let out = Output(out.as_mut_ptr());
+    (0..row_tasks * block_tasks).into_par_iter().for_each(|task| {
+        let (row_task, block_task) = (task / block_tasks, task % block_tasks);
+        let task_rows = row_task * TASK_ROWS..((row_task + 1) * TASK_ROWS).min(rows);
+        let task_blocks = block_task * TASK_BLOCKS..((block_task + 1) * TASK_BLOCKS).min(blocks);
+        let mut row = task_rows.start;
+        while row < task_rows.end {
+            let tile_rows = (task_rows.end - row).min(TILE_ROWS);
+            let mut block = task_blocks.start;
+            while block < task_blocks.end {
+                let tile_blocks = (task_blocks.end - block).min(TILE_BLOCKS);
+                tile(row, tile_rows, block, tile_blocks, &out);
+                block += tile_blocks;
+            }
+            row += tile_rows;
+        }
+    });
+}
+
+/// The output buffer, shared by the parallel tasks; each writes only its own tiles.
+pub struct Output(*mut f32);
+
+impl Output {
+    /// Where output `index` (row-major) lives.
+    ///
+    /// # Safety
+    /// `index` must be inside the buffer given to [`for_each_tile`], in the calling tile.
+    pub unsafe fn at(&self, index: usize) -> *mut f32 {
+        self.0.add(index)
+    }
+}
+
+// SAFETY: the tiles are disjoint rectangles of the buffer, which outlives the parallel loop.
+unsafe impl Sync for Output {}
+
+/// Calls the const-generic kernel `$kernel::<R, B>($tile)` for the run-time tile shape.
+macro_rules! dispatch_tile {
+    ($kernel:ident, $rows:expr, $blocks:expr, $tile:expr) => {
+        match ($rows, $blocks) {
+            (1, 1) => $kernel::<1, 1>($tile),
+            (1, 2) => $kernel::<1, 2>($tile),
+            (1, 3) => $kernel::<1, 3>($tile),
+            (1, 4) => $kernel::<1, 4>($tile),
+            (2, 1) => $kernel::<2, 1>($tile),
+            (2, 2) => $kernel::<2, 2>($tile),
+            (2, 3) => $kernel::<2, 3>($tile),
+            (2, 4) => $kernel::<2, 4>($tile),
+            (3, 1) => $kernel::<3, 1>($tile),
+            (3, 2) => $kernel::<3, 2>($tile),
+            (3, 3) => $kernel::<3, 3>($tile),
+            (3, 4) => $kernel::<3, 4>($tile),
+            (4, 1) => $kernel::<4, 1>($tile),
+            (4, 2) => $kernel::<4, 2>($tile),
+            (4, 3) => $kernel::<4, 3>($tile),
+            (4, 4) => $kernel::<4, 4>($tile),
+            (5, 1) => $kernel::<5, 1>($tile),
+            (5, 2) => $kernel::<5, 2>($tile),
+            (5, 3) => $kernel::<5, 3>($tile),
+            (5, 4) => $kernel::<5, 4>($tile),
+            (6, 1) => $kernel::<6, 1>($tile),
+            (6, 2) => $kernel::<6, 2>($tile),
+            (6, 3) => $kernel::<6, 3>($tile),
+            (6, 4) => $kernel::<6, 4>($tile),
+            (rows, blocks) => unreachable!("no micro-tile of {rows} × {blocks}"),
+        }
+    };
+}
+pub(crate) use dispatch_tile;
