@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{bail, DType, Result, Tensor};
 use rayon::prelude::*;
 
 use super::tiles::{self, LANES};
@@ -87,24 +87,23 @@ impl Int8Linear {
                 packed[((block * padded_inputs / 4 + k / 4) * LANES + lane) * 4 + k % 4] = q;
             }
         }
-        let mut padded_bias = vec![0f32; blocks * LANES];
-        if let Some(bias) = bias {
-            let bias = bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-            if bias.len() != outputs {
-                bail!("bias has {} values for {outputs} outputs", bias.len());
-            }
-            padded_bias[..outputs].copy_from_slice(&bias);
-        }
-        let bias = padded_bias;
+        let bias = tiles::padded_bias(bias, outputs)?;
         Ok(Self { outputs, inputs, padded_inputs, packed, scales, column_sums, bias })
     }
 
     /// `xs`: `[tokens, inputs]` f32 on the CPU.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        xs.contiguous()?.apply_op1_no_bwd(self)
+        tiles::forward(self, xs)
+    }
+}
+
+impl tiles::TiledLinear for Int8Linear {
+    const NAME: &'static str = "int8 linear";
+
+    fn shape(&self) -> (usize, usize) {
+        (self.inputs, self.outputs)
     }
 
-    /// Computes all outputs for `xs` (`rows × inputs`, row-major) into `out` (`rows × outputs`).
     fn run(&self, xs: &[f32], rows: usize, out: &mut [f32]) {
         let activations = quantize_rows(xs, rows, self.inputs, self.padded_inputs);
         let blocks = self.scales.len() / LANES;
@@ -140,24 +139,6 @@ impl Int8Linear {
                 unreachable!("Int8Linear::new refuses CPUs without AVX-512 VNNI");
             }
         });
-    }
-}
-
-impl CustomOp1 for Int8Linear {
-    fn name(&self) -> &'static str {
-        "int8-linear"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else { bail!("int8 linear expects f32 activations") };
-        let (rows, inputs) = layout.shape().dims2()?;
-        if inputs != self.inputs {
-            bail!("int8 linear expects {} inputs, got {inputs}", self.inputs);
-        }
-        let Some((start, end)) = layout.contiguous_offsets() else { bail!("int8 linear needs contiguous input") };
-        let mut out = vec![0f32; rows * self.outputs];
-        self.run(&data[start..end], rows, &mut out);
-        Ok((CpuStorage::F32(out), Shape::from((rows, self.outputs))))
     }
 }
 

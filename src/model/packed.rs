@@ -6,7 +6,7 @@
 //! are laid out once in the order the kernel reads them, and the kernel keeps a 6 × 64 tile of
 //! outputs in registers. Long inputs keep using candle's matmul, which blocks for the caches.
 
-use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{bail, DType, Result, Tensor};
 
 use super::tiles::{self, LANES};
 
@@ -47,20 +47,21 @@ impl PackedLinear {
                 packed[(block * inputs + k) * LANES + lane] = w;
             }
         }
-        let mut padded_bias = vec![0f32; blocks * LANES];
-        if let Some(bias) = bias {
-            let bias = bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-            if bias.len() != outputs {
-                bail!("bias has {} values for {outputs} outputs", bias.len());
-            }
-            padded_bias[..outputs].copy_from_slice(&bias);
-        }
-        Ok(Self { outputs, inputs, packed, bias: padded_bias })
+        let bias = tiles::padded_bias(bias, outputs)?;
+        Ok(Self { outputs, inputs, packed, bias })
     }
 
     /// `xs`: `[tokens, inputs]` f32 on the CPU.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        xs.contiguous()?.apply_op1_no_bwd(self)
+        tiles::forward(self, xs)
+    }
+}
+
+impl tiles::TiledLinear for PackedLinear {
+    const NAME: &'static str = "packed linear";
+
+    fn shape(&self) -> (usize, usize) {
+        (self.inputs, self.outputs)
     }
 
     fn run(&self, xs: &[f32], rows: usize, out: &mut [f32]) {
@@ -91,24 +92,6 @@ impl PackedLinear {
                 unreachable!("PackedLinear::new refuses CPUs without AVX-512");
             }
         });
-    }
-}
-
-impl CustomOp1 for PackedLinear {
-    fn name(&self) -> &'static str {
-        "packed-linear"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else { bail!("packed linear expects f32 activations") };
-        let (rows, inputs) = layout.shape().dims2()?;
-        if inputs != self.inputs {
-            bail!("packed linear expects {} inputs, got {inputs}", self.inputs);
-        }
-        let Some((start, end)) = layout.contiguous_offsets() else { bail!("packed linear needs contiguous input") };
-        let mut out = vec![0f32; rows * self.outputs];
-        self.run(&data[start..end], rows, &mut out);
-        Ok((CpuStorage::F32(out), Shape::from((rows, self.outputs))))
     }
 }
 

@@ -4,7 +4,57 @@
 //! and each task into micro-tiles of at most [`TILE_ROWS`] × [`TILE_BLOCKS`] that a kernel
 //! computes in registers.
 
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+
+/// A linear layer computed by tiles: `[rows, inputs]` f32 in, `[rows, outputs]` f32 out.
+pub trait TiledLinear {
+    /// For error messages.
+    const NAME: &'static str;
+    /// `(inputs, outputs)`.
+    fn shape(&self) -> (usize, usize);
+    /// Writes the outputs of `xs` (`rows × inputs`, row-major) into `out` (`rows × outputs`).
+    fn run(&self, xs: &[f32], rows: usize, out: &mut [f32]);
+}
+
+/// Applies `layer` to `xs` (`[tokens, inputs]` f32 on the CPU).
+pub fn forward<L: TiledLinear>(layer: &L, xs: &Tensor) -> Result<Tensor> {
+    xs.contiguous()?.apply_op1_no_bwd(&Op(layer))
+}
+
+struct Op<'a, L>(&'a L);
+
+impl<L: TiledLinear> CustomOp1 for Op<'_, L> {
+    fn name(&self) -> &'static str {
+        L::NAME
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else { bail!("{} expects f32 activations", L::NAME) };
+        let (rows, inputs) = layout.shape().dims2()?;
+        let (expected, outputs) = self.0.shape();
+        if inputs != expected {
+            bail!("{} expects {expected} inputs, got {inputs}", L::NAME);
+        }
+        let Some((start, end)) = layout.contiguous_offsets() else { bail!("{} needs contiguous input", L::NAME) };
+        let mut out = vec![0f32; rows * outputs];
+        self.0.run(&data[start..end], rows, &mut out);
+        Ok((CpuStorage::F32(out), Shape::from((rows, outputs))))
+    }
+}
+
+/// `bias` as f32, padded with zeros to whole blocks of [`LANES`]; all zeros without one.
+pub fn padded_bias(bias: Option<&Tensor>, outputs: usize) -> Result<Vec<f32>> {
+    let mut padded = vec![0f32; outputs.div_ceil(LANES) * LANES];
+    if let Some(bias) = bias {
+        let bias = bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        if bias.len() != outputs {
+            bail!("bias has {} values for {outputs} outputs", bias.len());
+        }
+        padded[..outputs].copy_from_slice(&bias);
+    }
+    Ok(padded)
+}
 
 /// Output channels per block: one 512-bit register of 32-bit lanes.
 pub const LANES: usize = 16;
