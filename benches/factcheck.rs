@@ -3,12 +3,13 @@
 //! the time to the first streamed claim and to the last, with the source embeddings cold (first
 //! request) and cached (the same sources again, as while someone types).
 //!
-//! `cargo bench --bench factcheck` (run `scripts/fetch-models.sh` first; reads ../shared/data).
+//! `cargo bench --bench factcheck` (run `scripts/fetch-models.sh` first; reads ../shared/data);
+//! `CONCORD_DTYPE=q8` runs the models with int8 linear layers, as `concord serve --dtype q8`.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 use concord::model::source::DEFAULT_MODEL;
 use concord::model::EmbeddingModel;
 use concord::runtime::{Engine, EngineConfig};
@@ -56,11 +57,13 @@ fn workload() -> (String, Vec<Source>) {
 
 fn main() {
     concord::runtime::pin_cpu_threads();
-    let embedder = EmbeddingModel::load(DEFAULT_MODEL, &Device::Cpu, DType::F32)
+    let dtype = std::env::var("CONCORD_DTYPE").unwrap_or_else(|_| "f32".to_string());
+    let dtype = concord::model::device::parse_dtype(&dtype, &Device::Cpu).expect("CONCORD_DTYPE is f32 or q8");
+    let embedder = EmbeddingModel::load(DEFAULT_MODEL, &Device::Cpu, dtype)
         .and_then(|m| Engine::start(m, EngineConfig::default()))
         .expect("default model loads (run scripts/fetch-models.sh first)");
     let nli =
-        NliModel::load(DEFAULT_MODEL_DIR, &Device::Cpu, DType::F32, EngineConfig::default()).expect("NLI model loads");
+        NliModel::load(DEFAULT_MODEL_DIR, &Device::Cpu, dtype, EngineConfig::default()).expect("NLI model loads");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let (text, sources) = workload();
     let claims = claim_ranges(&text);

@@ -2,7 +2,8 @@
 # Task throughput on this machine, with the committed models: moderation on 2,000 texts (OLID dev
 # plus Toxic Spans trial), NLI on SICK dev, edit intent on IteraTeR dev, and fact-check latency
 # (cargo bench --bench factcheck). Run on an otherwise idle machine; figures go to
-# benches/RESULTS.md by hand, with the date.
+# benches/RESULTS.md by hand, with the date. `CONCORD_DTYPE=q8 scripts/bench-tasks.sh` measures the
+# int8 linear layers instead (every command here reads CONCORD_DTYPE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh

@@ -159,8 +159,11 @@ fn quantize_rows(xs: &[f32], rows: usize, inputs: usize, padded: usize) -> Quant
             let scale = if high > low { (high - low) / 255.0 } else { 1.0 };
             let zero = (-low / scale).round().clamp(0.0, 255.0);
             let inverse = 1.0 / scale;
+            // `v + 0.5` truncated rounds the non-negative `v`, and `as u8` saturates: the same
+            // as round-and-clamp, in a form the compiler vectorises.
+            let offset = zero + 0.5;
             for (q, &x) in out.iter_mut().zip(row) {
-                *q = (x * inverse + zero).round().clamp(0.0, 255.0) as u8;
+                *q = (x * inverse + offset) as u8;
             }
             // Padding inputs meet zero weights; reading as the zero point, they add nothing
             // once the correction is applied.
