@@ -89,7 +89,10 @@ impl Runner {
         metrics::histogram!("concord_batch_items").record(batch.len() as f64);
         metrics::counter!("concord_batch_tokens_total").increment(token_count as u64);
         let started = Instant::now();
-        let result = self.forward(&tokens, token_states);
+        // Run the pass on a rayon worker: the many small parallel ops inside it then start on
+        // the calling thread and wake only the other workers, instead of each op handing its
+        // work from this thread to the pool and sleeping until it is done.
+        let result = rayon::scope(|_| self.forward(&tokens, token_states));
         metrics::histogram!("concord_forward_duration_seconds").record(started.elapsed().as_secs_f64());
         match result {
             Ok(output) => {
