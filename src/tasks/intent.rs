@@ -252,8 +252,11 @@ impl IntentModel {
         let config: IntentConfig = serde_json::from_str(&raw).with_context(|| format!("parsing {}", path.display()))?;
         ensure!(config.labels == LABELS, "{} must list the labels {LABELS:?}", path.display());
         let weights = dir.join(&config.weights);
-        let model = EmbeddingModel::load_with_overrides(&config.base_model, &[weights.clone()], device, dtype)
-            .with_context(|| format!("loading the intent encoder ({} + {})", config.base_model, weights.display()))?;
+        let model =
+            EmbeddingModel::load_with_overrides(&config.base_model, std::slice::from_ref(&weights), device, dtype)
+                .with_context(|| {
+                    format!("loading the intent encoder ({} + {})", config.base_model, weights.display())
+                })?;
         let head = load_heads(&weights, &["heads.intent"])?.remove(0);
         ensure!(
             head.outputs() == LABELS.len() && head.inputs() == 3 * model.info.dimensions + FEATURES,

@@ -240,10 +240,11 @@ impl Source {
         if dir.join(CONFIG_FILE).is_file() {
             let config = ModerationConfig::read(dir)?;
             let weights: PathBuf = dir.join(&config.weights);
-            let model = EmbeddingModel::load_with_overrides(&config.base_model, &[weights.clone()], device, dtype)
-                .with_context(|| {
-                    format!("loading the moderation encoder ({} + {})", config.base_model, weights.display())
-                })?;
+            let model =
+                EmbeddingModel::load_with_overrides(&config.base_model, std::slice::from_ref(&weights), device, dtype)
+                    .with_context(|| {
+                        format!("loading the moderation encoder ({} + {})", config.base_model, weights.display())
+                    })?;
             let hidden = model.info.dimensions;
             let mut heads = load_heads(&weights, &["heads.sentence", "heads.token"])?.into_iter();
             let (Some(sentence), Some(token)) = (heads.next(), heads.next()) else {

@@ -94,8 +94,9 @@ impl NliModel {
         let config: NliConfig = serde_json::from_str(&raw).with_context(|| format!("parsing {}", path.display()))?;
         ensure!(config.labels == LABELS, "{} must list the labels {LABELS:?}", path.display());
         let weights = dir.join(&config.weights);
-        let model = EmbeddingModel::load_with_overrides(&config.base_model, &[weights.clone()], device, dtype)
-            .with_context(|| format!("loading the NLI encoder ({} + {})", config.base_model, weights.display()))?;
+        let model =
+            EmbeddingModel::load_with_overrides(&config.base_model, std::slice::from_ref(&weights), device, dtype)
+                .with_context(|| format!("loading the NLI encoder ({} + {})", config.base_model, weights.display()))?;
         let head = load_heads(&weights, &["heads.nli"])?.remove(0);
         ensure!(
             head.outputs() == LABELS.len() && head.inputs() == model.info.dimensions,

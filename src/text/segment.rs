@@ -119,7 +119,7 @@ mod tests {
             for pair in chunks.windows(2) {
                 assert_eq!(pair[0].end, pair[1].start);
             }
-            assert!(chunks.iter().all(|c| c.len() <= max && c.len() > 0), "max {max}");
+            assert!(chunks.iter().all(|c| c.len() <= max && !c.is_empty()), "max {max}");
         }
         assert_eq!(chunks("", 100), vec![0..0]);
     }

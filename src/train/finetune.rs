@@ -249,7 +249,7 @@ pub fn train_epochs<L, E>(
             bar.inc(1);
         }
         let (report, score) = evaluate(epoch, loss_sum / steps_per_epoch.max(1) as f64)?;
-        if best.map_or(true, |(_, best_score)| score > best_score) {
+        if best.is_none_or(|(_, best_score)| score > best_score) {
             best = Some((epoch, score));
             save(&report)?;
         }
