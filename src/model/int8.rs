@@ -179,7 +179,7 @@ fn quantize_rows(xs: &[f32], rows: usize, inputs: usize, padded: usize) -> Quant
 mod vnni {
     use std::arch::x86_64::*;
 
-    use crate::model::tiles::LANES;
+    use crate::model::tiles::{self, LANES};
 
     /// One micro-tile's inputs and where its outputs go.
     pub struct Tile<'a> {
@@ -239,9 +239,7 @@ mod vnni {
                 let scale = _mm512_mul_ps(row_scale, _mm512_loadu_ps(tile.column_scales[column..].as_ptr()));
                 let bias = _mm512_loadu_ps(tile.bias[column..].as_ptr());
                 let value = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), scale, bias);
-                let valid = (tile.columns - column).min(LANES);
-                let mask: __mmask16 = if valid == LANES { 0xffff } else { (1u16 << valid) - 1 };
-                _mm512_mask_storeu_ps(out.add(column), mask, value);
+                tiles::store_lanes(out.add(column), value, tile.columns - column);
             }
         }
     }

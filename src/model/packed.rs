@@ -99,7 +99,7 @@ impl tiles::TiledLinear for PackedLinear {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use crate::model::tiles::LANES;
+    use crate::model::tiles::{self, LANES};
 
     pub struct Tile<'a> {
         /// The tile's first input row; rows are `inputs` values apart.
@@ -144,9 +144,7 @@ mod avx512 {
                     break;
                 }
                 let value = _mm512_add_ps(*acc, _mm512_loadu_ps(tile.bias[column..].as_ptr()));
-                let valid = (tile.columns - column).min(LANES);
-                let mask: __mmask16 = if valid == LANES { 0xffff } else { (1u16 << valid) - 1 };
-                _mm512_mask_storeu_ps(out.add(column), mask, value);
+                tiles::store_lanes(out.add(column), value, tile.columns - column);
             }
         }
     }

@@ -111,6 +111,18 @@ impl Output {
 // SAFETY: the tiles are disjoint rectangles of the buffer, which outlives the parallel loop.
 unsafe impl Sync for Output {}
 
+/// Stores the first `valid` (at most [`LANES`]) lanes of `value` at `out`: the last block of a
+/// layer may be partly padding.
+///
+/// # Safety
+/// The CPU must have AVX-512 F, and `out` must have `valid` values to write.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub unsafe fn store_lanes(out: *mut f32, value: std::arch::x86_64::__m512, valid: usize) {
+    let mask: std::arch::x86_64::__mmask16 = if valid >= LANES { 0xffff } else { (1u16 << valid) - 1 };
+    std::arch::x86_64::_mm512_mask_storeu_ps(out, mask, value);
+}
+
 /// Calls the const-generic kernel `$kernel::<R, B>($tile)` for the run-time tile shape.
 macro_rules! dispatch_tile {
     ($kernel:ident, $rows:expr, $blocks:expr, $tile:expr) => {
