@@ -36,7 +36,7 @@ pub fn run(args: FactcheckArgs) -> Result<ExitCode> {
     };
     let request: FactcheckRequest =
         serde_json::from_str(&raw).context("the input is not a valid fact-check request")?;
-    let job = request.validate(&Limits::default()).map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.message))?;
+    let job = request.validate(Limits::default().max_input_chars)?;
     let Some(nli) = args.nli.load(&args.encoder.device, &args.encoder.engine)? else {
         anyhow::bail!("fact-checking needs an NLI model: pass --nli-model");
     };

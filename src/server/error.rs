@@ -64,6 +64,12 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::tasks::factcheck::InvalidRequest> for ApiError {
+    fn from(err: crate::tasks::factcheck::InvalidRequest) -> Self {
+        Self::invalid(err.code, err.message)
+    }
+}
+
 impl From<EngineError> for ApiError {
     fn from(err: EngineError) -> Self {
         let message = err.to_string();

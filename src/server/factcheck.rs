@@ -38,7 +38,7 @@ pub async fn create(
             "fact-checking needs an NLI model; start `concord serve` with --nli-model",
         ));
     };
-    let job = request.validate(&state.limits)?;
+    let job = request.validate(state.limits.max_input_chars)?;
     let admission = nli.engine().admit()?;
     let streaming =
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("text/event-stream"));

@@ -20,8 +20,6 @@ use serde::Deserialize;
 use super::embed::embed;
 use super::nli::NliModel;
 use crate::runtime::{Engine, EngineError};
-use crate::server::error::ApiError;
-use crate::server::Limits;
 use crate::text::offsets::{range_from_bytes, to_byte, OffsetUnit};
 
 /// A source the caller trusts.
@@ -477,22 +475,49 @@ impl Job {
     }
 }
 
+/// A fact-check request Concord refuses, with a stable code for the API.
+#[derive(Debug, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct InvalidRequest {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl InvalidRequest {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+/// Refuses a text over `max_chars` characters; `name` says which field it was.
+fn check_chars(name: &str, text: &str, max_chars: usize) -> Result<(), InvalidRequest> {
+    let chars = text.chars().count();
+    if chars > max_chars {
+        return Err(InvalidRequest::new(
+            "input_too_large",
+            format!("{name} has {chars} characters; the limit is {max_chars}"),
+        ));
+    }
+    Ok(())
+}
+
 impl FactcheckRequest {
-    /// Checks the request against `limits` and resolves the claims to check.
-    pub fn validate(self, limits: &Limits) -> Result<Job, ApiError> {
+    /// Checks the request (each text at most `max_chars` characters) and resolves the claims
+    /// to check.
+    pub fn validate(self, max_chars: usize) -> Result<Job, InvalidRequest> {
         let request = self;
         if request.text.trim().is_empty() {
-            return Err(ApiError::invalid("empty_input", "`text` is empty"));
+            return Err(InvalidRequest::new("empty_input", "`text` is empty"));
         }
-        limits.check_chars("`text`", &request.text)?;
+        check_chars("`text`", &request.text, max_chars)?;
         if request.sources.is_empty() {
-            return Err(ApiError::invalid(
+            return Err(InvalidRequest::new(
                 "no_sources",
                 "`sources` is empty: give at least one source to check against",
             ));
         }
         if request.sources.len() > MAX_SOURCES {
-            return Err(ApiError::invalid(
+            return Err(InvalidRequest::new(
                 "too_many_sources",
                 format!("{} sources; the limit is {MAX_SOURCES} per request", request.sources.len()),
             ));
@@ -500,16 +525,16 @@ impl FactcheckRequest {
         let mut ids = std::collections::HashSet::new();
         for (i, source) in request.sources.iter().enumerate() {
             if !ids.insert(source.id.as_str()) {
-                return Err(ApiError::invalid(
+                return Err(InvalidRequest::new(
                     "duplicate_source_id",
                     format!("sources[{i}].id '{}' is used twice", source.id),
                 ));
             }
-            limits.check_chars(&format!("sources[{i}].text"), &source.text)?;
+            check_chars(&format!("sources[{i}].text"), &source.text, max_chars)?;
         }
         let top_k = request.top_k.unwrap_or(3);
         if top_k == 0 || top_k > MAX_TOP_K {
-            return Err(ApiError::invalid("invalid_top_k", format!("`top_k` must be within 1..={MAX_TOP_K}")));
+            return Err(InvalidRequest::new("invalid_top_k", format!("`top_k` must be within 1..={MAX_TOP_K}")));
         }
         let claims = match &request.spans {
             Some(spans) => spans
@@ -520,7 +545,7 @@ impl FactcheckRequest {
                     let end = to_byte(&request.text, span.end, request.offsets);
                     match (start, end) {
                         (Some(start), Some(end)) if start < end => Ok(start..end),
-                        _ => Err(ApiError::invalid(
+                        _ => Err(InvalidRequest::new(
                             "invalid_span",
                             format!(
                                 "spans[{i}] ({}..{}) is empty, reversed, past the end of `text` or inside a character",
