@@ -2,7 +2,7 @@
 //! packed at load (used for short inputs), and int8 (`--dtype q8`), for a 32-sentence batch
 //! (1,184 tokens) and short inputs (12 to 96 tokens, where the two f32 paths cross).
 //!
-//! `cargo bench --bench linear` (needs AVX-512 for the packed side, VNNI for int8).
+//! `cargo bench --bench linear` (the packed and int8 sides need AVX-512 or AVX2).
 
 use candle_core::{Device, Module, Tensor};
 use concord::model::int8::{self, Int8Linear};

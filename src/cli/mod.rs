@@ -79,7 +79,7 @@ pub struct ModelArgs {
     #[arg(long, default_value = "cpu", env = "CONCORD_DEVICE")]
     device: String,
     /// Weights precision: f32; q8 on the CPU (int8 linear layers of BERT-family encoders, needs
-    /// AVX-512 VNNI); f16 / bf16 on a GPU.
+    /// AVX-512 VNNI or AVX2); f16 / bf16 on a GPU.
     #[arg(long, default_value = "f32", env = "CONCORD_DTYPE")]
     dtype: String,
 }

@@ -1,8 +1,7 @@
 //! The parallel driver shared by Concord's own linear-layer kernels ([`super::int8`],
 //! [`super::packed`]): the output `rows × outputs` is cut into tasks of rows × blocks of 16
 //! output channels, so that both a long batch and a single short sentence keep every core busy,
-//! and each task into micro-tiles of at most [`TILE_ROWS`] × [`TILE_BLOCKS`] that a kernel
-//! computes in registers.
+//! and each task into micro-tiles of at most [`TileShape`] that a kernel computes in registers.
 
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -58,19 +57,26 @@ pub fn padded_bias(bias: Option<&Tensor>, outputs: usize) -> Result<Vec<f32>> {
 
 /// Output channels per block: one 512-bit register of 32-bit lanes.
 pub const LANES: usize = 16;
-/// Rows per micro-tile: 6 × 4 accumulators, 4 weight registers and a broadcast fill 29 of the
-/// 32 vector registers.
-pub const TILE_ROWS: usize = 6;
-/// Blocks per micro-tile (64 output channels).
-pub const TILE_BLOCKS: usize = 4;
-const TASK_ROWS: usize = 8 * TILE_ROWS;
+/// The largest micro-tile a kernel keeps in registers: rows × blocks of [`LANES`] outputs.
+#[derive(Debug, Clone, Copy)]
+pub struct TileShape {
+    pub rows: usize,
+    pub blocks: usize,
+}
+
+/// AVX-512: 6 × 4 accumulators, 4 weight registers and a broadcast fill 29 of the 32 vector
+/// registers.
+pub const AVX512_TILE: TileShape = TileShape { rows: 6, blocks: 4 };
+/// A multiple of every kernel's tile rows, so tasks split into whole tiles.
+const TASK_ROWS: usize = 48;
 const TASK_BLOCKS: usize = 4;
 
-/// Calls `tile(first_row, rows, first_block, blocks, out)` for every micro-tile of a
-/// `rows × blocks` output, in parallel.
+/// Calls `tile(first_row, rows, first_block, blocks, out)` for every micro-tile (at most
+/// `shape`) of a `rows × blocks` output, in parallel.
 pub fn for_each_tile(
     rows: usize,
     blocks: usize,
+    shape: TileShape,
     out: &mut [f32],
     tile: impl Fn(usize, usize, usize, usize, &Output) + Sync,
 ) {
@@ -83,10 +89,10 @@ pub fn for_each_tile(
         let task_blocks = block_task * TASK_BLOCKS..((block_task + 1) * TASK_BLOCKS).min(blocks);
         let mut row = task_rows.start;
         while row < task_rows.end {
-            let tile_rows = (task_rows.end - row).min(TILE_ROWS);
+            let tile_rows = (task_rows.end - row).min(shape.rows);
             let mut block = task_blocks.start;
             while block < task_blocks.end {
-                let tile_blocks = (task_blocks.end - block).min(TILE_BLOCKS);
+                let tile_blocks = (task_blocks.end - block).min(shape.blocks);
                 tile(row, tile_rows, block, tile_blocks, &out);
                 block += tile_blocks;
             }
@@ -156,3 +162,19 @@ macro_rules! dispatch_tile {
     };
 }
 pub(crate) use dispatch_tile;
+
+/// Calls the const-generic one-block kernel `$kernel::<R>($tile)` for the run-time number of rows.
+macro_rules! dispatch_rows {
+    ($kernel:ident, $rows:expr, $tile:expr) => {
+        match $rows {
+            1 => $kernel::<1>($tile),
+            2 => $kernel::<2>($tile),
+            3 => $kernel::<3>($tile),
+            4 => $kernel::<4>($tile),
+            5 => $kernel::<5>($tile),
+            6 => $kernel::<6>($tile),
+            rows => unreachable!("no micro-tile of {rows} rows"),
+        }
+    };
+}
+pub(crate) use dispatch_rows;
