@@ -1,10 +1,20 @@
 //! CPU fast paths for the two element-wise hot spots the profile showed (benches/RESULTS.md):
 //! exact-erf GELU and softmax, both of which candle computes one scalar `expf`/`erff` call at a
 //! time. Here they are branch-free polynomial approximations that LLVM vectorises, compiled for
-//! AVX-512 and AVX2 and picked at run time. Other devices and dtypes use candle's own ops.
+//! AVX-512 and AVX2 and picked at run time, spread over rayon's pool in chunks of whole rows.
+//! Other devices and dtypes use candle's own ops.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::LayerNorm;
+use rayon::prelude::*;
+
+/// Values per parallel task: enough work to outweigh handing it to another thread.
+const TASK_VALUES: usize = 8192;
+
+/// Values per task for rows of `width`: whole rows, at least one.
+fn task_len(width: usize) -> usize {
+    (TASK_VALUES / width).max(1) * width
+}
 
 /// Compiles `$generic` for AVX-512 and AVX2+FMA and calls the best one this CPU has.
 macro_rules! dispatch {
@@ -139,7 +149,10 @@ impl CustomOp2 for FusedAddNorm {
             candle_core::bail!("add-norm: shapes {:?} and {:?} do not fit hidden size {width}", l1.shape(), l2.shape());
         }
         let mut dst = vec![0f32; xs.len()];
-        add_norm_rows(xs, residual, &mut dst, self);
+        let chunk = task_len(width);
+        dst.par_chunks_mut(chunk)
+            .zip(xs.par_chunks(chunk).zip(residual.par_chunks(chunk)))
+            .for_each(|(dst, (xs, residual))| add_norm_rows(xs, residual, dst, self));
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
 }
@@ -215,7 +228,7 @@ impl CustomOp1 for GeluErf {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let src = contiguous_f32(storage, layout)?;
         let mut dst = vec![0f32; src.len()];
-        gelu_slice(src, &mut dst);
+        dst.par_chunks_mut(TASK_VALUES).zip(src.par_chunks(TASK_VALUES)).for_each(|(dst, src)| gelu_slice(src, dst));
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
 }
@@ -231,7 +244,8 @@ impl CustomOp1 for SoftmaxLastDim {
         let src = contiguous_f32(storage, layout)?;
         let width = layout.shape().dims().last().copied().unwrap_or(1).max(1);
         let mut dst = vec![0f32; src.len()];
-        softmax_rows(src, &mut dst, width);
+        let chunk = task_len(width);
+        dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(dst, src)| softmax_rows(src, dst, width));
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
 }
@@ -241,9 +255,10 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    /// Large enough to be split into several parallel tasks, the last one shorter.
     fn sample() -> Tensor {
-        let values: Vec<f32> = (0..4096).map(|i| (i as f32 - 2048.0) / 190.0).collect();
-        Tensor::from_vec(values, (16, 256), &Device::Cpu).expect("tensor")
+        let values: Vec<f32> = (0..25_000).map(|i| (i as f32 - 12_500.0) / 1_160.0).collect();
+        Tensor::from_vec(values, (100, 250), &Device::Cpu).expect("tensor")
     }
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -279,9 +294,9 @@ mod tests {
     #[test]
     fn fused_add_norm_matches_the_plain_ops() {
         let device = Device::Cpu;
-        let hidden = 384;
-        let xs = Tensor::randn(0f32, 1.0, (10, hidden), &device).expect("xs");
-        let residual = Tensor::randn(0f32, 2.0, (10, hidden), &device).expect("residual");
+        let (rows, hidden) = (50, 384);
+        let xs = Tensor::randn(0f32, 1.0, (rows, hidden), &device).expect("xs");
+        let residual = Tensor::randn(0f32, 2.0, (rows, hidden), &device).expect("residual");
         let bias = Tensor::randn(0f32, 0.5, hidden, &device).expect("bias");
         let gamma = Tensor::randn(1f32, 0.1, hidden, &device).expect("gamma");
         let beta = Tensor::randn(0f32, 0.1, hidden, &device).expect("beta");
