@@ -236,7 +236,7 @@ pub async fn evaluate(moderator: &Moderator, rows: &[ModerationRow], bar: &Progr
         let binary = binary_scores(&predicted, &gold);
         let both_classes = gold.iter().any(|&g| g) && gold.iter().any(|&g| !g);
         report.flag_label = Some(label.to_string());
-        report.flag_score = Some(if moderator.categories().iter().any(|c| c == label) {
+        report.flag_score = Some(if moderator.categories().any(|c| c == label) {
             label.to_string()
         } else {
             "flagged (any category)".to_string()

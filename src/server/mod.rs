@@ -208,7 +208,7 @@ async fn info(State(state): State<SharedState>) -> Json<Info> {
         moderation: state.moderator.as_ref().map(|m| ModerationInfo {
             id: m.id().to_string(),
             models: m.models(),
-            categories: m.categories(),
+            categories: m.categories().map(String::from).collect(),
             thresholds: m.thresholds(),
             span_threshold: m.span_threshold(),
         }),

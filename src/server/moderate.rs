@@ -55,12 +55,12 @@ pub async fn create(
             "no moderation model is loaded; start `concord serve` with --moderation-model DIR",
         ));
     };
-    let categories = moderator.categories();
     for (name, &value) in &request.thresholds {
-        if !categories.contains(name) {
+        if !moderator.categories().any(|c| c == name) {
+            let known: Vec<&str> = moderator.categories().collect();
             return Err(ApiError::invalid(
                 "unknown_category",
-                format!("no category '{name}'; the model has {}", categories.join(", ")),
+                format!("no category '{name}'; the model has {}", known.join(", ")),
             ));
         }
         if !(0.0..=1.0).contains(&value) {

@@ -376,8 +376,8 @@ impl Moderator {
     }
 
     /// Category names in report order.
-    pub fn categories(&self) -> Vec<String> {
-        self.categories.iter().map(|c| c.name.clone()).collect()
+    pub fn categories(&self) -> impl Iterator<Item = &str> {
+        self.categories.iter().map(|c| c.name.as_str())
     }
 
     /// Default decision threshold per category.
