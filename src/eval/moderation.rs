@@ -285,7 +285,7 @@ mod tests {
     fn byte_ranges_map_to_character_indices() {
         let text = "é idiot 😀 x";
         let start = text.find("idiot").unwrap_or(0);
-        let chars = chars_of_byte_ranges(text, &[start..start + 5]);
+        let chars = chars_of_byte_ranges(text, std::slice::from_ref(&(start..start + 5)));
         assert_eq!(chars, (2..7).collect());
     }
 

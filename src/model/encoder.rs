@@ -13,6 +13,8 @@ use super::delta::Overlay;
 use super::Tokenized;
 
 /// The architectures Concord runs; `model_type` values map onto these.
+// One value per loaded model, so the variants' size difference costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum Architecture {
     /// BERT, RoBERTa, XLM-RoBERTa and CamemBERT share this implementation.
     Bert(bert::BertModel),
