@@ -44,7 +44,7 @@ pub fn enabled() -> bool {
 
 /// True when the int8 kernel keeps 8-bit weights on this CPU (AVX2's keeps 7).
 pub fn full_byte_weights() -> bool {
-    Isa::detect().is_some_and(|isa| isa.weight_levels() == 127.0)
+    Isa::detect() == Some(Isa::Vnni)
 }
 
 /// True when this CPU has the instructions an int8 kernel needs.
