@@ -4,3 +4,11 @@ home="${HOME:-/root}"
 command -v cargo >/dev/null || export PATH="$home/.cargo/bin:$PATH"
 export CONCORD_HOME="${CONCORD_HOME:-$home/.cache/concord}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CONCORD_HOME/target}"
+# The shared data sets live in ../shared beside the repository. A clone made elsewhere from a
+# local checkout (as CI may do) finds them beside the repository it was cloned from.
+if [[ -z "${CONCORD_SHARED_DIR:-}" && ! -d ../shared ]]; then
+  origin="$(git config --get remote.origin.url 2>/dev/null || true)"
+  if [[ -n "$origin" && -d "$origin/../shared" ]]; then
+    export CONCORD_SHARED_DIR="$(cd "$origin/../shared" && pwd)"
+  fi
+fi
