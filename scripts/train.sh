@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Reproduce one of Concord's fine-tuned models from ../shared/data (about 30 minutes each on 2 CPU
-# cores): `scripts/train.sh moderation` writes models/moderation, `scripts/train.sh nli` writes
-# models/nli. Extra arguments go to `concord train TASK` (e.g. --out /tmp/x to leave the committed
-# model alone). `scripts/train.sh intent` writes models/intent.
+# Reproduce one of Concord's trained models from ../shared/data on 2 CPU cores (moderation and nli
+# about 30 minutes each, intent about 7): `scripts/train.sh moderation` writes models/moderation,
+# `scripts/train.sh nli` models/nli, `scripts/train.sh intent` models/intent. Extra arguments go to
+# `concord train TASK` (e.g. --out /tmp/x to leave the committed model alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -34,7 +34,7 @@ case "$task" in
     args=(
       --data "$data/iterater_human/train.jsonl"
       --dev "$data/iterater_human/dev.jsonl"
-      --layers 2 --epochs 8 --seed 13
+      --seed 13
     ) ;;
   *) echo "usage: scripts/train.sh moderation|nli|intent [concord train flags]" >&2; exit 2 ;;
 esac

@@ -12,7 +12,7 @@ use concord::tasks::intent::{IntentModel, DEFAULT_MODEL_DIR};
 use serde_json::{json, Value};
 
 fn load() -> IntentModel {
-    IntentModel::load(std::path::Path::new(DEFAULT_MODEL_DIR), &Device::Cpu, DType::F32, EngineConfig::default())
+    IntentModel::load(std::path::Path::new(DEFAULT_MODEL_DIR), &[], &Device::Cpu, DType::F32, EngineConfig::default())
         .expect("the committed intent model loads")
 }
 
@@ -28,17 +28,18 @@ fn alignment_finds_the_annotated_edit_regions_of_real_document_revisions() {
 #[tokio::test]
 async fn classifies_real_edits_above_the_frozen_embedding_floor() {
     let model = load();
-    let embedder = common::start_engine(EngineConfig::default());
     let path = common::shared_dir().join("data/iterater_human/dev.jsonl");
     let rows: Vec<IntentRow> = concord::eval::read_jsonl(&path).expect("dev reads");
     let edits: Vec<(String, String)> = rows.iter().map(|r| (r.before.clone(), r.after.clone())).collect();
-    let results = model.classify(&embedder, &edits).await.expect("classifies");
+    let results = model.classify(&edits).await.expect("classifies");
     let gold: Vec<&str> = rows.iter().map(IntentRow::canonical_label).collect();
     let predicted: Vec<&str> = results.iter().map(|r| r.intent.as_str()).collect();
     let scores = score(&gold, &predicted);
-    // The frozen-embedding probe of ../shared/bench/probes reaches 0.299 on this file (the
-    // committed model 0.340); predicting the majority class gives 0.12.
-    assert!(scores.macro_f1 > 0.3, "macro-F1 {:.3} on IteraTeR dev", scores.macro_f1);
+    // The frozen-embedding probe of ../shared/bench/probes reaches 0.299 on this file, the
+    // earlier fine-tuned cross-encoder 0.340 / 0.420, the committed head 0.554 / 0.648;
+    // predicting the majority class gives 0.12 / 0.39.
+    assert!(scores.macro_f1 > 0.5, "macro-F1 {:.3} on IteraTeR dev", scores.macro_f1);
+    assert!(scores.accuracy > 0.6, "accuracy {:.3} on IteraTeR dev", scores.accuracy);
     for result in &results {
         assert!((0.0..=1.0).contains(&result.semantic_change));
         let total: f32 = result.scores.values().sum();
@@ -46,16 +47,13 @@ async fn classifies_real_edits_above_the_frozen_embedding_floor() {
     }
     // A typo fix moves the meaning less than a rewrite that negates the claim.
     let contrast = model
-        .classify(
-            &embedder,
-            &[
-                ("The results shows a clear improvment.".into(), "The results show a clear improvement.".into()),
-                (
-                    "The results show a clear improvement.".into(),
-                    "The results show no improvement at all over the baseline.".into(),
-                ),
-            ],
-        )
+        .classify(&[
+            ("The results shows a clear improvment.".into(), "The results show a clear improvement.".into()),
+            (
+                "The results show a clear improvement.".into(),
+                "The results show no improvement at all over the baseline.".into(),
+            ),
+        ])
         .await
         .expect("classifies");
     assert!(contrast[0].semantic_change < contrast[1].semantic_change, "{contrast:?}");

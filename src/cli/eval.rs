@@ -68,9 +68,10 @@ pub struct EvalIntentArgs {
     format: ReportFormat,
     #[command(flatten)]
     intent: IntentModelArgs,
-    /// The embedding model behind `semantic_change`, with device and engine settings.
     #[command(flatten)]
-    encoder: EncoderArgs,
+    device: ModelArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 #[derive(Subcommand)]
@@ -137,12 +138,11 @@ pub fn run(command: EvalCommand) -> Result<ExitCode> {
             }
             let rows: Vec<eval::intent::IntentRow> = eval::read_jsonl(&args.data)?;
             anyhow::ensure!(!rows.is_empty(), "{} has no rows", args.data.display());
-            let Some(model) = args.intent.load(&args.encoder.device, &args.encoder.engine)? else {
+            let Some(model) = args.intent.load(&[], &args.device, &args.engine)? else {
                 anyhow::bail!("no intent model: pass --intent-model DIR");
             };
-            let embedder = args.encoder.start()?;
             let bar = progress_bar();
-            let report = runtime()?.block_on(eval::intent::evaluate(&model, &embedder, &rows, &bar))?;
+            let report = runtime()?.block_on(eval::intent::evaluate(&model, &rows, &bar))?;
             bar.finish_and_clear();
             match args.format {
                 ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::embed::read_input;
 use super::eval::progress_bar;
-use super::{runtime, EncoderArgs, IntentModelArgs};
+use super::{runtime, EngineArgs, IntentModelArgs, ModelArgs};
 use concord::tasks::intent::IntentResult;
 use concord::text::offsets::OffsetUnit;
 
@@ -21,9 +21,10 @@ pub struct IntentArgs {
     input: Option<PathBuf>,
     #[command(flatten)]
     intent: IntentModelArgs,
-    /// The embedding model behind `semantic_change`, with device and engine settings.
     #[command(flatten)]
-    encoder: EncoderArgs,
+    device: ModelArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 #[derive(Serialize)]
@@ -51,10 +52,9 @@ pub fn run(args: IntentArgs) -> Result<ExitCode> {
     if edits.is_empty() {
         bail!("{name}: no edits");
     }
-    let Some(model) = args.intent.load(&args.encoder.device, &args.encoder.engine)? else {
+    let Some(model) = args.intent.load(&[], &args.device, &args.engine)? else {
         bail!("no intent model: pass --intent-model DIR");
     };
-    let embedder = args.encoder.start()?;
     let bar = progress_bar();
     bar.set_length(edits.len() as u64);
     let stdout = std::io::stdout();
@@ -62,7 +62,7 @@ pub fn run(args: IntentArgs) -> Result<ExitCode> {
     runtime()?.block_on(async {
         for chunk in edits.chunks(64) {
             let pairs: Vec<(String, String)> = chunk.iter().map(|(_, _, b, a)| (b.clone(), a.clone())).collect();
-            let results = model.classify(&embedder, &pairs).await?;
+            let results = model.classify(&pairs).await?;
             for ((line, id, before, after), mut result) in chunk.iter().zip(results) {
                 result.diff = result.diff.in_unit(before, after, OffsetUnit::Char);
                 serde_json::to_writer(&mut out, &OutputLine { line: *line, id: id.as_ref(), result })?;

@@ -206,13 +206,14 @@ pub struct IntentModelArgs {
 
 impl IntentModelArgs {
     /// Loads the chosen model; `None` when turned off, or when the default folder is missing.
-    pub fn load(&self, model: &ModelArgs, engine: &EngineArgs) -> Result<Option<IntentModel>> {
+    /// Its base encoder runs on one of the `running` engines when one is that model.
+    pub fn load(&self, running: &[Engine], model: &ModelArgs, engine: &EngineArgs) -> Result<Option<IntentModel>> {
         let Some(dir) = task_model_dir(self.intent_model.as_deref(), DEFAULT_INTENT_DIR, INTENT_CONFIG) else {
             return Ok(None);
         };
         let device = device::parse_device(&model.device)?;
         let dtype = device::parse_dtype(&model.dtype, &device)?;
-        let loaded = IntentModel::load(&dir, &device, dtype, engine.config())
+        let loaded = IntentModel::load(&dir, running, &device, dtype, engine.config())
             .with_context(|| format!("loading the intent model in {}", dir.display()))?;
         tracing::info!(model = loaded.id(), "intent model loaded");
         Ok(Some(loaded))
@@ -295,7 +296,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(nli) = args.nli.load(&args.model, &args.engine)? {
                 state = state.with_nli(Arc::new(nli));
             }
-            if let Some(intent) = args.intent.load(&args.model, &args.engine)? {
+            if let Some(intent) = args.intent.load(state.models.all(), &args.model, &args.engine)? {
                 state = state.with_intent(Arc::new(intent));
             }
             let addr = SocketAddr::new(args.host, args.port);

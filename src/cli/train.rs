@@ -8,10 +8,11 @@ use clap::{Args, Subcommand};
 
 use super::eval::progress_bar;
 use super::{runtime, EncoderArgs};
+use concord::eval::intent::IntentRow;
 use concord::eval::{merge::MergeRow, read_jsonl};
 use concord::model::source::DEFAULT_MODEL;
 use concord::train;
-use concord::train::finetune::{DataFile, FinetuneOptions};
+use concord::train::finetune::{read_rows, DataFile, FinetuneOptions, Rng};
 
 #[derive(Args)]
 pub struct TrainMergeArgs {
@@ -31,18 +32,41 @@ pub struct TrainMergeArgs {
     encoder: EncoderArgs,
 }
 
-/// Data and output of a fine-tuning run.
+/// Training and dev files and the output folder of a model trained from labelled rows.
 #[derive(Args)]
-pub struct FinetuneArgs {
+pub struct DataArgs {
     /// Training file; repeat for several. `FILE@ROWS` draws a seeded sample of ROWS rows.
     #[arg(long = "data", required = true)]
     data: Vec<DataFile>,
-    /// Dev file for thresholds, metrics and choosing the best epoch; repeat for several.
+    /// Dev file, repeat for several: scored after training; fine-tuning also calibrates
+    /// thresholds and picks the best epoch on it.
     #[arg(long = "dev", required = true)]
     dev: Vec<DataFile>,
     /// Output model folder.
     #[arg(long)]
     out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct TrainIntentArgs {
+    #[command(flatten)]
+    files: DataArgs,
+    /// Cross-validation folds for choosing the L2 penalty and class weighting.
+    #[arg(long, default_value_t = 5)]
+    folds: usize,
+    /// Seed of the row sampling and of the folds.
+    #[arg(long, default_value_t = 13)]
+    seed: u64,
+    /// The sentence encoder the head reads, with device and engine settings.
+    #[command(flatten)]
+    encoder: EncoderArgs,
+}
+
+/// Data and output of a fine-tuning run.
+#[derive(Args)]
+pub struct FinetuneArgs {
+    #[command(flatten)]
+    files: DataArgs,
     /// Base encoder whose top layers are fine-tuned.
     #[arg(long, default_value = DEFAULT_MODEL)]
     base_model: String,
@@ -84,7 +108,7 @@ impl FinetuneArgs {
     /// Writes `report` as `metrics.json` in the output folder and prints it.
     fn finish(&self, report: &impl serde::Serialize) -> Result<()> {
         let metrics = serde_json::to_string_pretty(report)? + "\n";
-        std::fs::write(self.out.join("metrics.json"), &metrics)?;
+        std::fs::write(self.files.out.join("metrics.json"), &metrics)?;
         print!("{metrics}");
         Ok(())
     }
@@ -100,9 +124,9 @@ pub enum TrainCommand {
     /// The NLI cross-encoder (models/nli): fine-tuned top layers and a 3-way head.
     #[command(args_override_self = true)]
     Nli(FinetuneArgs),
-    /// The edit-intent model (models/intent): fine-tuned top layers, a head over states and diff features.
+    /// The edit-intent model (models/intent): a head over embeddings of the changed text and diff features.
     #[command(args_override_self = true)]
-    Intent(FinetuneArgs),
+    Intent(TrainIntentArgs),
 }
 
 pub fn run(command: TrainCommand) -> Result<ExitCode> {
@@ -123,19 +147,49 @@ pub fn run(command: TrainCommand) -> Result<ExitCode> {
         }
         TrainCommand::Moderation(args) => {
             let bar = progress_bar();
-            let report = train::moderation::train(&args.data, &args.dev, &args.out, &args.options(), &bar)?;
+            let report =
+                train::moderation::train(&args.files.data, &args.files.dev, &args.files.out, &args.options(), &bar)?;
             bar.finish_and_clear();
             args.finish(&report)?;
         }
         TrainCommand::Intent(args) => {
+            let mut rng = Rng::new(args.seed);
+            let files = &args.files;
+            let train_rows: Vec<IntentRow> = read_rows(&files.data, &mut rng)?;
+            let dev_rows: Vec<IntentRow> = read_rows(&files.dev, &mut rng)?;
+            anyhow::ensure!(!train_rows.is_empty() && !dev_rows.is_empty(), "no training or no dev rows");
+            let engine = args.encoder.start()?;
             let bar = progress_bar();
-            let report = train::intent::train(&args.data, &args.dev, &args.out, &args.options(), &bar)?;
+            bar.set_message("encoding edits");
+            let (train_set, dev_set) = runtime()?.block_on(async {
+                let train_set = train::intent::examples(&engine, &train_rows, &bar).await?;
+                bar.set_position(0);
+                anyhow::Ok((train_set, train::intent::examples(&engine, &dev_rows, &bar).await?))
+            })?;
+            let (head, candidates, chosen, dev) =
+                train::intent::train(&train_set, &dev_set, args.folds, args.seed, &bar)?;
             bar.finish_and_clear();
-            args.finish(&report)?;
+            let base_model = engine.info().id.clone();
+            train::intent::save(&files.out, &base_model, &head, train::intent::semantic_change_map(&train_set))?;
+            let report = train::intent::IntentTrainReport {
+                base_model,
+                train_files: files.data.clone(),
+                dev_files: files.dev.clone(),
+                train_rows: train_set.len(),
+                dev_rows: dev_set.len(),
+                folds: args.folds,
+                seed: args.seed,
+                candidates,
+                chosen,
+                dev,
+            };
+            let metrics = serde_json::to_string_pretty(&report)? + "\n";
+            std::fs::write(files.out.join("metrics.json"), &metrics)?;
+            print!("{metrics}");
         }
         TrainCommand::Nli(args) => {
             let bar = progress_bar();
-            let report = train::nli::train(&args.data, &args.dev, &args.out, &args.options(), &bar)?;
+            let report = train::nli::train(&args.files.data, &args.files.dev, &args.files.out, &args.options(), &bar)?;
             bar.finish_and_clear();
             args.finish(&report)?;
         }

@@ -9,7 +9,6 @@ use futures::StreamExt;
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::Engine;
 use crate::tasks::intent::{align, IntentModel, LABELS};
 use crate::text::offsets::{range_from_bytes, OffsetUnit};
 
@@ -144,17 +143,12 @@ pub struct IntentReport {
     pub seconds: f64,
 }
 
-pub async fn evaluate(
-    model: &IntentModel,
-    embedder: &Engine,
-    rows: &[IntentRow],
-    bar: &ProgressBar,
-) -> Result<IntentReport> {
+pub async fn evaluate(model: &IntentModel, rows: &[IntentRow], bar: &ProgressBar) -> Result<IntentReport> {
     let started = Instant::now();
     bar.set_length(rows.len() as u64);
     let calls = rows.chunks(32).map(|chunk| {
         let edits: Vec<(String, String)> = chunk.iter().map(|r| (r.before.clone(), r.after.clone())).collect();
-        async move { model.classify(embedder, &edits).await }
+        async move { model.classify(&edits).await }
     });
     let mut results = futures::stream::iter(calls).buffered(4);
     let mut predicted = Vec::with_capacity(rows.len());

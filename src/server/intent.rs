@@ -64,7 +64,6 @@ pub async fn create(
             "no intent model is loaded; start `concord serve` with --intent-model DIR",
         ));
     };
-    let embedder = state.engine(None)?;
     let unit = request.offsets;
     match (request.edits, request.before_doc, request.after_doc) {
         (Some(edits), None, None) => {
@@ -93,7 +92,7 @@ pub async fn create(
             let _admission = model.engine().admit()?;
             let pairs: Vec<(String, String)> = edits.into_iter().map(|e| (e.before, e.after)).collect();
             let results = model
-                .classify(embedder, &pairs)
+                .classify(&pairs)
                 .await?
                 .into_iter()
                 .zip(&pairs)
@@ -113,7 +112,7 @@ pub async fn create(
             state.limits.check_chars("`before_doc`", &before)?;
             state.limits.check_chars("`after_doc`", &after)?;
             let _admission = model.engine().admit()?;
-            let edits = model.classify_document(embedder, &before, &after, unit).await?;
+            let edits = model.classify_document(&before, &after, unit).await?;
             Ok(Json(IntentResponse { model: model.id().to_string(), offsets: unit, results: None, edits: Some(edits) }))
         }
         _ => Err(ApiError::bad_request("invalid_request", "give either `edits` or both `before_doc` and `after_doc`")),

@@ -1,10 +1,11 @@
 //! Edit intent: why an edit was made (the IteraTeR taxonomy) and how far it moved the meaning.
 //!
-//! The model is a cross-encoder over (before, after) — the shared encoder with fine-tuned top
-//! layers — whose head reads the mean states of each side, their difference, and a few diff features (how
-//! much changed, and whether only punctuation, case or whitespace did). `semantic_change` comes
-//! from the embedding model: one minus the cosine of the two versions, mapped to a probability
-//! of a meaning change by a logistic fit on IteraTeR.
+//! The model is a linear head over the shared sentence encoder, frozen: it reads the embeddings
+//! of the text the edit removed and of the text it inserted (not of the whole sentences, whose
+//! unchanged words would drown the change), a few diff features (how much changed, and whether
+//! only punctuation, case or whitespace did) and the embedding distance of the two versions.
+//! `semantic_change` is that distance mapped to a probability of a meaning change by a logistic
+//! fit on IteraTeR.
 
 use std::ops::Range;
 use std::path::Path;
@@ -16,7 +17,7 @@ use similar::{ChangeTag, TextDiff};
 
 use crate::model::heads::{load_heads, sigmoid, softmax, DenseHead};
 use crate::model::EmbeddingModel;
-use crate::runtime::{Engine, EngineConfig, EngineError, Input, Want};
+use crate::runtime::{Engine, EngineConfig, EngineError};
 use crate::tasks::embed::embed;
 use crate::text::offsets::{range_from_bytes, OffsetUnit};
 
@@ -29,8 +30,9 @@ pub const CONFIG_FILE: &str = "intent.json";
 /// `intent.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IntentConfig {
+    /// The sentence encoder the head reads (folder or hub id).
     pub base_model: String,
-    /// Fine-tuned layers and the head `heads.intent` (labels × (hidden + features)).
+    /// Safetensors file with the head `heads.intent` (labels × [`head_inputs`]).
     pub weights: String,
     pub labels: Vec<String>,
     /// `semantic_change = sigmoid(weight · (1 − cosine) + bias)`.
@@ -196,7 +198,7 @@ fn classify(before: &str, after: &str, changes: &[Change], removed: &[String], a
     }
 }
 
-/// Number of diff features the head reads after the pooled states.
+/// Number of diff features the head reads after the two embeddings.
 pub const FEATURES: usize = 9;
 
 /// Diff features in 0..1: character and word similarity, share of characters added and removed,
@@ -226,6 +228,65 @@ pub fn features(before: &str, after: &str) -> [f32; FEATURES] {
     ]
 }
 
+/// Inputs of the intent head for an encoder of `dimensions`: the embeddings of the removed and
+/// of the inserted text, the diff features, and the embedding distance of the two versions.
+pub fn head_inputs(dimensions: usize) -> usize {
+    2 * dimensions + FEATURES + 1
+}
+
+/// What an edit removed and what it inserted: its changed runs, each side joined with " … ".
+/// Embedding these instead of the whole sentences keeps the unchanged words from drowning the
+/// change (and they are short, so cheap to encode).
+pub fn changed_text(before: &str, after: &str) -> (String, String) {
+    let changes = diff(before, after).changes;
+    let join = |parts: Vec<&str>| parts.into_iter().filter(|p| !p.is_empty()).collect::<Vec<_>>().join(" … ");
+    (
+        join(changes.iter().map(|c| before[c.before_start..c.before_end].trim()).collect()),
+        join(changes.iter().map(|c| after[c.after_start..c.after_end].trim()).collect()),
+    )
+}
+
+/// An edit as the head and the semantic-change map read it.
+#[derive(Debug, Clone)]
+pub struct EncodedEdit {
+    /// [`head_inputs`] values.
+    pub input: Vec<f32>,
+    /// `1 − cosine` of the sentence embeddings of the two versions.
+    pub distance: f32,
+}
+
+/// Encodes `edits` with `engine`, a sentence-embedding model: both versions (for the distance)
+/// and the removed and inserted text (for the head) in one call. An empty side embeds as zeros.
+pub async fn encode_edits(engine: &Engine, edits: &[(String, String)]) -> Result<Vec<EncodedEdit>, EngineError> {
+    let sides: Vec<(String, String)> = edits.iter().map(|(b, a)| changed_text(b, a)).collect();
+    let mut texts = Vec::with_capacity(4 * edits.len());
+    for ((before, after), (removed, inserted)) in edits.iter().zip(&sides) {
+        texts.extend([before, after, removed, inserted].into_iter().filter(|t| !t.trim().is_empty()).cloned());
+    }
+    let mut vectors = embed(engine, texts, true).await?.vectors.into_iter();
+    let dimensions = engine.info().dimensions;
+    let mut next = |text: &str| {
+        if text.trim().is_empty() {
+            vec![0f32; dimensions]
+        } else {
+            vectors.next().unwrap_or_else(|| vec![0f32; dimensions])
+        }
+    };
+    Ok(edits
+        .iter()
+        .zip(&sides)
+        .map(|((before, after), (removed, inserted))| {
+            let (b, a) = (next(before), next(after));
+            let distance = if before == after { 0.0 } else { 1.0 - b.iter().zip(&a).map(|(x, y)| x * y).sum::<f32>() };
+            let mut input = next(removed);
+            input.extend(next(inserted));
+            input.extend(features(before, after));
+            input.push(distance);
+            EncodedEdit { input, distance }
+        })
+        .collect())
+}
+
 /// One edit's result.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct IntentResult {
@@ -237,7 +298,7 @@ pub struct IntentResult {
     pub diff: Diff,
 }
 
-/// A loaded intent model with the embedding engine behind `semantic_change`.
+/// A loaded intent model: a head over the sentence embeddings of its base model.
 pub struct IntentModel {
     engine: Engine,
     head: DenseHead,
@@ -246,26 +307,32 @@ pub struct IntentModel {
 }
 
 impl IntentModel {
-    pub fn load(dir: &Path, device: &Device, dtype: DType, engine: EngineConfig) -> Result<Self> {
+    /// Loads the head in `dir`. Its base model runs on one of `running` when one of them is that
+    /// model (the server's embedding engine, usually), else on an engine of its own.
+    pub fn load(dir: &Path, running: &[Engine], device: &Device, dtype: DType, engine: EngineConfig) -> Result<Self> {
         let path = dir.join(CONFIG_FILE);
         let raw = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let config: IntentConfig = serde_json::from_str(&raw).with_context(|| format!("parsing {}", path.display()))?;
         ensure!(config.labels == LABELS, "{} must list the labels {LABELS:?}", path.display());
+        let engine = match running.iter().find(|e| e.info().id == config.base_model) {
+            Some(shared) => shared.clone(),
+            None => {
+                let model = EmbeddingModel::load(&config.base_model, device, dtype)
+                    .with_context(|| format!("loading the intent model's encoder {}", config.base_model))?;
+                Engine::start(model, engine)?
+            }
+        };
         let weights = dir.join(&config.weights);
-        let model =
-            EmbeddingModel::load_with_overrides(&config.base_model, std::slice::from_ref(&weights), device, dtype)
-                .with_context(|| {
-                    format!("loading the intent encoder ({} + {})", config.base_model, weights.display())
-                })?;
         let head = load_heads(&weights, &["heads.intent"])?.remove(0);
+        let inputs = head_inputs(engine.info().dimensions);
         ensure!(
-            head.outputs() == LABELS.len() && head.inputs() == 3 * model.info.dimensions + FEATURES,
-            "heads.intent must be {}×{}",
-            LABELS.len(),
-            3 * model.info.dimensions + FEATURES
+            head.outputs() == LABELS.len() && head.inputs() == inputs,
+            "heads.intent in {} must be {}×{inputs}",
+            weights.display(),
+            LABELS.len()
         );
         let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
-        Ok(Self { engine: Engine::start(model, engine)?, head, config, id: format!("concord/{name}") })
+        Ok(Self { engine, head, config, id: format!("concord/{name}") })
     }
 
     pub fn id(&self) -> &str {
@@ -276,38 +343,22 @@ impl IntentModel {
         &self.engine
     }
 
-    /// Classifies `(before, after)` edits; `embedder` gives `semantic_change`.
-    pub async fn classify(
-        &self,
-        embedder: &Engine,
-        edits: &[(String, String)],
-    ) -> Result<Vec<IntentResult>, EngineError> {
-        let inputs = edits.iter().map(|(b, a)| Input::Pair(b.clone(), a.clone())).collect();
-        let want = Want { normalize: false, token_states: true };
-        let texts: Vec<String> = edits.iter().flat_map(|(b, a)| [b.clone(), a.clone()]).collect();
-        let (encoded, vectors) =
-            futures::try_join!(self.engine.encode(inputs, want, true), embed(embedder, texts, true))?;
+    /// Classifies `(before, after)` edits.
+    pub async fn classify(&self, edits: &[(String, String)]) -> Result<Vec<IntentResult>, EngineError> {
+        let encoded = encode_edits(&self.engine, edits).await?;
         Ok(edits
             .iter()
             .zip(encoded)
-            .zip(vectors.vectors.chunks(2))
-            .map(|(((before, after), item), pair)| {
-                let states = item.token_states.unwrap_or_default();
-                let side = |which: u32| segment_mean(&states, &item.tokens.type_ids, which);
-                let (b, a) = (side(0), side(1));
-                let mut input: Vec<f32> = b.iter().chain(&a).copied().collect();
-                input.extend(b.iter().zip(&a).map(|(x, y)| x - y));
-                input.extend(features(before, after));
-                let probs = softmax(&self.head.apply(&input));
+            .map(|((before, after), edit)| {
+                let probs = softmax(&self.head.apply(&edit.input));
                 let best = (0..probs.len()).max_by(|&a, &b| probs[a].total_cmp(&probs[b])).unwrap_or(0);
-                let cosine: f32 = pair[0].iter().zip(&pair[1]).map(|(x, y)| x * y).sum();
                 IntentResult {
                     intent: LABELS[best].to_string(),
                     scores: LABELS.iter().zip(&probs).map(|(l, &p)| (l.to_string(), p)).collect(),
                     semantic_change: if before == after {
                         0.0
                     } else {
-                        self.config.semantic_change.apply(1.0 - cosine)
+                        self.config.semantic_change.apply(edit.distance)
                     },
                     diff: diff(before, after),
                 }
@@ -348,7 +399,6 @@ impl IntentModel {
     /// Aligns two versions of a document and classifies every edited region.
     pub async fn classify_document(
         &self,
-        embedder: &Engine,
         before: &str,
         after: &str,
         unit: OffsetUnit,
@@ -358,7 +408,7 @@ impl IntentModel {
             .iter()
             .map(|r| (before[r.before.clone()].to_string(), after[r.after.clone()].to_string()))
             .collect();
-        let results = if pairs.is_empty() { Vec::new() } else { self.classify(embedder, &pairs).await? };
+        let results = if pairs.is_empty() { Vec::new() } else { self.classify(&pairs).await? };
         Ok(regions
             .into_iter()
             .zip(pairs)
@@ -380,19 +430,6 @@ impl IntentModel {
             })
             .collect())
     }
-}
-
-/// Mean of the token states whose type id is `which` (the before or the after side of a pair).
-fn segment_mean(states: &[Vec<f32>], type_ids: &[u32], which: u32) -> Vec<f32> {
-    let dims = states.first().map_or(0, Vec::len);
-    let mut sum = vec![0f32; dims];
-    let mut count = 0usize;
-    for (state, _) in states.iter().zip(type_ids).filter(|(_, &t)| t == which) {
-        sum.iter_mut().zip(state).for_each(|(s, x)| *s += x);
-        count += 1;
-    }
-    sum.iter_mut().for_each(|s| *s /= count.max(1) as f32);
-    sum
 }
 
 /// An edited region of a document: byte ranges in both versions.

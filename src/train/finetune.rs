@@ -570,7 +570,7 @@ impl Batch {
 }
 
 /// Mean of `xs` (`[n, len, hidden]`) over the positions where `mask` (`[n, len]`) is 1.
-pub fn masked_mean(xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
+fn masked_mean(xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let summed = xs.broadcast_mul(&mask.unsqueeze(2)?)?.sum(1)?;
     let counts = mask.sum_keepdim(1)?.clamp(1f32, f32::MAX)?;
     Ok(summed.broadcast_div(&counts)?)
