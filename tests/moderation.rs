@@ -233,37 +233,6 @@ fn moderate_cli_writes_one_line_per_text_with_offsets_in_the_asked_unit() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("missing"), "error names the folder");
 }
 
-/// Writes a tiny random BERT checkpoint with a classification head whose weights are zero, so
-/// every input gets exactly `bias` as logits: `token` picks `*ForTokenClassification` (no pooler).
-fn tiny_classifier(dir: &std::path::Path, labels: &[&str], bias: &[f32], multi_label: bool, token: bool) {
-    use candle_core::{DType, Device, Tensor};
-    use candle_nn::{linear, VarBuilder, VarMap};
-    let mut config = common::tiny::bert("bert", 0, 2, 128);
-    let parsed: concord::model::bert::Config = serde_json::from_value(config.clone()).expect("config");
-    let id2label: serde_json::Map<String, Value> =
-        labels.iter().enumerate().map(|(i, l)| (i.to_string(), json!(l))).collect();
-    config["id2label"] = Value::Object(id2label);
-    if multi_label {
-        config["problem_type"] = json!("multi_label_classification");
-    }
-    let architecture = if token { "BertForTokenClassification" } else { "BertForSequenceClassification" };
-    config["architectures"] = json!([architecture]);
-    std::fs::create_dir_all(dir).expect("dir");
-    std::fs::write(dir.join("config.json"), config.to_string()).expect("config");
-    std::fs::copy(common::default_model_dir().join("tokenizer.json"), dir.join("tokenizer.json")).expect("tokenizer");
-    let mut varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    concord::model::bert::BertModel::load(vb.pp("bert"), &parsed).expect("encoder");
-    if !token {
-        linear(32, 32, vb.pp("bert.pooler.dense")).expect("pooler");
-    }
-    linear(32, labels.len(), vb.pp("classifier")).expect("classifier");
-    let zeros = Tensor::zeros((labels.len(), 32), DType::F32, &Device::Cpu).expect("zeros");
-    varmap.set_one("classifier.weight", zeros).expect("set");
-    varmap.set_one("classifier.bias", Tensor::new(bias, &Device::Cpu).expect("bias")).expect("set");
-    varmap.save(dir.join("model.safetensors")).expect("save");
-}
-
 fn load(spec: &std::path::Path) -> anyhow::Result<concord::tasks::moderate::Moderator> {
     use candle_core::{DType, Device};
     let spec = spec.to_str().expect("utf-8");
@@ -275,7 +244,7 @@ fn load(spec: &std::path::Path) -> anyhow::Result<concord::tasks::moderate::Mode
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_multi_label_classifier_can_replace_the_default_model() {
     let dir = tempfile::tempdir().expect("tempdir");
-    tiny_classifier(dir.path(), &["toxic", "insult"], &[2.0, -2.0], true, false);
+    common::tiny::classifier(dir.path(), &["toxic", "insult"], &[2.0, -2.0], true, false);
     let moderator = load(dir.path()).expect("hub classifier loads");
     assert_eq!(moderator.categories().collect::<Vec<_>>(), vec!["toxic", "insult"]);
     assert_eq!(moderator.span_threshold(), None);
@@ -298,8 +267,8 @@ async fn a_hub_token_classifier_marks_spans() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (marking, quiet) = (dir.path().join("marking"), dir.path().join("quiet"));
     // softmax([3, 0]) = [0.9526, 0.0474]: every token is B-TOX with 0.9526.
-    tiny_classifier(&marking, &["B-TOX", "O"], &[3.0, 0.0], false, true);
-    tiny_classifier(&quiet, &["B-TOX", "O"], &[0.0, 3.0], false, true);
+    common::tiny::classifier(&marking, &["B-TOX", "O"], &[3.0, 0.0], false, true);
+    common::tiny::classifier(&quiet, &["B-TOX", "O"], &[0.0, 3.0], false, true);
     let text = "you absolute clown".to_string();
 
     let moderator = load(&marking).expect("token classifier loads");
@@ -321,8 +290,8 @@ async fn a_hub_token_classifier_marks_spans() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_setup_file_chooses_a_model_per_category_and_for_spans() {
     let dir = tempfile::tempdir().expect("tempdir");
-    tiny_classifier(&dir.path().join("toxicity"), &["toxic", "insult"], &[2.0, -2.0], true, false);
-    tiny_classifier(&dir.path().join("spans"), &["O", "TOXIC"], &[0.0, 3.0], false, true);
+    common::tiny::classifier(&dir.path().join("toxicity"), &["toxic", "insult"], &[2.0, -2.0], true, false);
+    common::tiny::classifier(&dir.path().join("spans"), &["O", "TOXIC"], &[0.0, 3.0], false, true);
     let setup = json!({
         "categories": {
             "toxic": {"model": "toxicity"},
@@ -361,7 +330,7 @@ async fn a_setup_file_chooses_a_model_per_category_and_for_spans() {
 #[test]
 fn a_setup_file_that_does_not_fit_its_models_is_refused_with_the_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
-    tiny_classifier(&dir.path().join("toxicity"), &["toxic", "insult"], &[0.0, 0.0], true, false);
+    common::tiny::classifier(&dir.path().join("toxicity"), &["toxic", "insult"], &[0.0, 0.0], true, false);
     let cases = [
         (json!({"categories": {"hate": {"model": "toxicity"}}}), "no label 'hate' (it has: toxic, insult)"),
         (json!({"categories": {}, "spans": {"model": "toxicity"}}), "marks no spans"),

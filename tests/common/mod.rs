@@ -155,4 +155,36 @@ pub mod tiny {
             "position_buckets": 16, "share_att_key": true, "norm_rel_ebd": "layer_norm"
         })
     }
+
+    /// Writes a tiny random BERT checkpoint with a classification head whose weights are zero, so
+    /// every input gets exactly `bias` as logits: `token` picks `*ForTokenClassification` (no pooler).
+    pub fn classifier(dir: &std::path::Path, labels: &[&str], bias: &[f32], multi_label: bool, token: bool) {
+        use candle_core::{DType, Device, Tensor};
+        use candle_nn::{linear, VarBuilder, VarMap};
+        let mut config = bert("bert", 0, 2, 128);
+        let parsed: concord::model::bert::Config = serde_json::from_value(config.clone()).expect("config");
+        let id2label: serde_json::Map<String, Value> =
+            labels.iter().enumerate().map(|(i, l)| (i.to_string(), json!(l))).collect();
+        config["id2label"] = Value::Object(id2label);
+        if multi_label {
+            config["problem_type"] = json!("multi_label_classification");
+        }
+        let architecture = if token { "BertForTokenClassification" } else { "BertForSequenceClassification" };
+        config["architectures"] = json!([architecture]);
+        std::fs::create_dir_all(dir).expect("dir");
+        std::fs::write(dir.join("config.json"), config.to_string()).expect("config");
+        std::fs::copy(super::default_model_dir().join("tokenizer.json"), dir.join("tokenizer.json"))
+            .expect("tokenizer");
+        let mut varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        concord::model::bert::BertModel::load(vb.pp("bert"), &parsed).expect("encoder");
+        if !token {
+            linear(32, 32, vb.pp("bert.pooler.dense")).expect("pooler");
+        }
+        linear(32, labels.len(), vb.pp("classifier")).expect("classifier");
+        let zeros = Tensor::zeros((labels.len(), 32), DType::F32, &Device::Cpu).expect("zeros");
+        varmap.set_one("classifier.weight", zeros).expect("set");
+        varmap.set_one("classifier.bias", Tensor::new(bias, &Device::Cpu).expect("bias")).expect("set");
+        varmap.save(dir.join("model.safetensors")).expect("save");
+    }
 }
