@@ -12,7 +12,7 @@ use concord::tasks::intent::{IntentModel, DEFAULT_MODEL_DIR};
 use serde_json::{json, Value};
 
 fn load() -> IntentModel {
-    IntentModel::load(std::path::Path::new(DEFAULT_MODEL_DIR), &[], &Device::Cpu, DType::F32, EngineConfig::default())
+    IntentModel::load(DEFAULT_MODEL_DIR, &[], &Device::Cpu, DType::F32, EngineConfig::default())
         .expect("the committed intent model loads")
 }
 
@@ -112,4 +112,36 @@ async fn the_route_answers_edits_documents_and_bad_input() {
         let error: Value = response.json().await.expect("json");
         assert_eq!(error["error"]["code"], code);
     }
+}
+
+/// A Hugging Face pair classifier can replace the default model: labels are read from
+/// `id2label` in whatever order (IteraTeR's `others` is `other`), and `semantic_change` is its
+/// `meaning-changed` probability. Zero classifier weights make the logits exactly the biases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_pair_classifier_can_replace_the_default_model() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let labels = ["others", "meaning-changed", "fluency", "clarity", "style", "coherence"];
+    let biases = [0.0f32, 1.0, 3.0, 0.5, -1.0, 0.0];
+    common::tiny::classifier(dir.path(), &labels, &biases, false, false);
+    let spec = dir.path().to_str().expect("utf-8");
+    let model = IntentModel::load(spec, &[], &Device::Cpu, DType::F32, EngineConfig::default()).expect("loads");
+    let results =
+        model.classify(&[("We use a approach.".into(), "We use an approach.".into())]).await.expect("classifies");
+    let total: f32 = biases.iter().map(|b| b.exp()).sum();
+    let expected = |bias: f32| bias.exp() / total;
+    let result = &results[0];
+    assert_eq!(result.intent, "fluency");
+    for (label, bias) in labels.iter().zip(biases) {
+        let name = if *label == "others" { "other" } else { label };
+        assert!((result.scores[name] - expected(bias)).abs() < 1e-4, "{name}: {:?}", result.scores);
+    }
+    assert!((result.semantic_change - expected(1.0)).abs() < 1e-4);
+
+    let wrong = tempfile::tempdir().expect("tempdir");
+    common::tiny::classifier(wrong.path(), &["positive", "negative"], &[0.0, 0.0], false, false);
+    let spec = wrong.path().to_str().expect("utf-8");
+    let error = IntentModel::load(spec, &[], &Device::Cpu, DType::F32, EngineConfig::default())
+        .err()
+        .expect("a sentiment classifier is refused");
+    assert!(format!("{error:#}").contains("positive"), "{error:#}");
 }

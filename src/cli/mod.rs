@@ -198,8 +198,9 @@ impl NliModelArgs {
 /// Which edit-intent model to load.
 #[derive(Args, Clone)]
 pub struct IntentModelArgs {
-    /// Intent model folder (intent.json + weights); `none` turns /v1/intent off.
-    /// Default: the model committed under models/intent.
+    /// Intent model: a Concord folder (intent.json + weights) or a Hugging Face
+    /// sequence-classification checkpoint over (before, after) pairs (folder or hub id);
+    /// `none` turns /v1/intent off. Default: the model committed under models/intent.
     #[arg(long = "intent-model", env = "CONCORD_INTENT_MODEL")]
     intent_model: Option<String>,
 }
@@ -213,8 +214,9 @@ impl IntentModelArgs {
         };
         let device = device::parse_device(&model.device)?;
         let dtype = device::parse_dtype(&model.dtype, &device)?;
-        let loaded = IntentModel::load(&dir, running, &device, dtype, engine.config())
-            .with_context(|| format!("loading the intent model in {}", dir.display()))?;
+        let spec = dir.to_string_lossy();
+        let loaded = IntentModel::load(&spec, running, &device, dtype, engine.config())
+            .with_context(|| format!("loading the intent model {spec}"))?;
         tracing::info!(model = loaded.id(), "intent model loaded");
         Ok(Some(loaded))
     }

@@ -15,9 +15,10 @@ use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 use similar::{ChangeTag, TextDiff};
 
+use crate::model::classifier::SequenceClassifier;
 use crate::model::heads::{load_heads, sigmoid, softmax, DenseHead};
 use crate::model::EmbeddingModel;
-use crate::runtime::{Engine, EngineConfig, EngineError};
+use crate::runtime::{Engine, EngineConfig, EngineError, Input, Want};
 use crate::tasks::embed::embed;
 use crate::text::offsets::{range_from_bytes, OffsetUnit};
 
@@ -293,23 +294,37 @@ pub struct IntentResult {
     pub intent: String,
     pub scores: std::collections::BTreeMap<String, f32>,
     /// How far the meaning moved, 0..1: the calibrated probability of a meaning change from the
-    /// embedding distance of the two versions.
+    /// embedding distance of the two versions (with a Hugging Face classifier: its probability
+    /// of `meaning-changed`).
     pub semantic_change: f32,
     pub diff: Diff,
 }
 
-/// A loaded intent model: a head over the sentence embeddings of its base model.
+/// A loaded intent model.
 pub struct IntentModel {
     engine: Engine,
-    head: DenseHead,
-    config: IntentConfig,
+    kind: Kind,
     id: String,
 }
 
+enum Kind {
+    /// Concord's own: a head over the sentence embeddings of its base model (`engine`).
+    Concord { head: DenseHead, config: IntentConfig },
+    /// A Hugging Face sequence-classification checkpoint over (before, after) pairs, e.g. an
+    /// IteraTeR RoBERTa intent model; `order[i]` is the index in [`LABELS`] of its label `i`.
+    Hub { classifier: SequenceClassifier, order: Vec<usize> },
+}
+
 impl IntentModel {
-    /// Loads the head in `dir`. Its base model runs on one of `running` when one of them is that
-    /// model (the server's embedding engine, usually), else on an engine of its own.
-    pub fn load(dir: &Path, running: &[Engine], device: &Device, dtype: DType, engine: EngineConfig) -> Result<Self> {
+    /// Loads `spec`: a Concord intent folder (`intent.json`), whose base model runs on one of
+    /// `running` when one of them is that model (the server's embedding engine, usually), else
+    /// on an engine of its own; or a Hugging Face pair classifier (folder or hub id) whose
+    /// `id2label` names IteraTeR intents (`others` reads as `other`).
+    pub fn load(spec: &str, running: &[Engine], device: &Device, dtype: DType, engine: EngineConfig) -> Result<Self> {
+        let dir = Path::new(spec);
+        if !dir.join(CONFIG_FILE).is_file() {
+            return Self::load_hub(spec, device, dtype, engine);
+        }
         let path = dir.join(CONFIG_FILE);
         let raw = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let config: IntentConfig = serde_json::from_str(&raw).with_context(|| format!("parsing {}", path.display()))?;
@@ -332,7 +347,26 @@ impl IntentModel {
             LABELS.len()
         );
         let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
-        Ok(Self { engine, head, config, id: format!("concord/{name}") })
+        Ok(Self { engine, kind: Kind::Concord { head, config }, id: format!("concord/{name}") })
+    }
+
+    fn load_hub(spec: &str, device: &Device, dtype: DType, engine: EngineConfig) -> Result<Self> {
+        let model =
+            EmbeddingModel::load(spec, device, dtype).with_context(|| format!("loading intent model '{spec}'"))?;
+        let classifier = SequenceClassifier::load(&model.info.path)?;
+        ensure!(!classifier.multi_label, "'{spec}' is multi-label; an intent model picks one label per edit");
+        let order = classifier
+            .labels
+            .iter()
+            .map(|label| {
+                let label = if label.eq_ignore_ascii_case("others") { "other" } else { label.as_str() };
+                LABELS
+                    .iter()
+                    .position(|l| l.eq_ignore_ascii_case(label))
+                    .with_context(|| format!("'{spec}' has label '{label}'; intent labels are {LABELS:?}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { engine: Engine::start(model, engine)?, kind: Kind::Hub { classifier, order }, id: spec.to_string() })
     }
 
     pub fn id(&self) -> &str {
@@ -345,21 +379,41 @@ impl IntentModel {
 
     /// Classifies `(before, after)` edits.
     pub async fn classify(&self, edits: &[(String, String)]) -> Result<Vec<IntentResult>, EngineError> {
-        let encoded = encode_edits(&self.engine, edits).await?;
+        let scored: Vec<(Vec<f32>, f32)> = match &self.kind {
+            Kind::Concord { head, config } => encode_edits(&self.engine, edits)
+                .await?
+                .into_iter()
+                .map(|edit| (softmax(&head.apply(&edit.input)), config.semantic_change.apply(edit.distance)))
+                .collect(),
+            Kind::Hub { classifier, order } => {
+                let inputs = edits.iter().map(|(b, a)| Input::Pair(b.clone(), a.clone())).collect();
+                let want = Want { normalize: false, token_states: true };
+                let meaning = LABELS.iter().position(|l| *l == "meaning-changed").unwrap_or(0);
+                self.engine
+                    .encode(inputs, want, true)
+                    .await?
+                    .iter()
+                    .map(|item| {
+                        let first = item.token_states.as_ref().and_then(|s| s.first()).map_or(&[][..], Vec::as_slice);
+                        let mut probs = vec![0f32; LABELS.len()];
+                        for (&index, prob) in order.iter().zip(classifier.probabilities(first)) {
+                            probs[index] += prob;
+                        }
+                        let change = probs[meaning];
+                        (probs, change)
+                    })
+                    .collect()
+            }
+        };
         Ok(edits
             .iter()
-            .zip(encoded)
-            .map(|((before, after), edit)| {
-                let probs = softmax(&self.head.apply(&edit.input));
+            .zip(scored)
+            .map(|((before, after), (probs, change))| {
                 let best = (0..probs.len()).max_by(|&a, &b| probs[a].total_cmp(&probs[b])).unwrap_or(0);
                 IntentResult {
                     intent: LABELS[best].to_string(),
                     scores: LABELS.iter().zip(&probs).map(|(l, &p)| (l.to_string(), p)).collect(),
-                    semantic_change: if before == after {
-                        0.0
-                    } else {
-                        self.config.semantic_change.apply(edit.distance)
-                    },
+                    semantic_change: if before == after { 0.0 } else { change },
                     diff: diff(before, after),
                 }
             })
