@@ -204,8 +204,8 @@ pub const FEATURES: usize = 9;
 
 /// Diff features in 0..1: character and word similarity, share of characters added and removed,
 /// punctuation-, case- and whitespace-only flags, number of changed runs, length ratio.
-pub fn features(before: &str, after: &str) -> [f32; FEATURES] {
-    let d = diff(before, after);
+/// `d` is the edit's [`diff`].
+pub fn features(before: &str, after: &str, d: &Diff) -> [f32; FEATURES] {
     let longest = before.chars().count().max(after.chars().count()).max(1) as f32;
     let char_ratio = TextDiff::configure()
         .algorithm(similar::Algorithm::Myers)
@@ -238,8 +238,9 @@ pub fn head_inputs(dimensions: usize) -> usize {
 /// What an edit removed and what it inserted: its changed runs, each side joined with " … ".
 /// Embedding these instead of the whole sentences keeps the unchanged words from drowning the
 /// change (and they are short, so cheap to encode).
-pub fn changed_text(before: &str, after: &str) -> (String, String) {
-    let changes = diff(before, after).changes;
+/// `d` is the edit's [`diff`].
+pub fn changed_text(before: &str, after: &str, d: &Diff) -> (String, String) {
+    let changes = &d.changes;
     let join = |parts: Vec<&str>| parts.into_iter().filter(|p| !p.is_empty()).collect::<Vec<_>>().join(" … ");
     (
         join(changes.iter().map(|c| before[c.before_start..c.before_end].trim()).collect()),
@@ -254,12 +255,15 @@ pub struct EncodedEdit {
     pub input: Vec<f32>,
     /// `1 − cosine` of the sentence embeddings of the two versions.
     pub distance: f32,
+    /// The word diff the inputs were read from (offsets in bytes).
+    pub diff: Diff,
 }
 
 /// Encodes `edits` with `engine`, a sentence-embedding model: both versions (for the distance)
 /// and the removed and inserted text (for the head) in one call. An empty side embeds as zeros.
 pub async fn encode_edits(engine: &Engine, edits: &[(String, String)]) -> Result<Vec<EncodedEdit>, EngineError> {
-    let sides: Vec<(String, String)> = edits.iter().map(|(b, a)| changed_text(b, a)).collect();
+    let diffs: Vec<Diff> = edits.iter().map(|(b, a)| diff(b, a)).collect();
+    let sides: Vec<(String, String)> = edits.iter().zip(&diffs).map(|((b, a), d)| changed_text(b, a, d)).collect();
     let mut texts = Vec::with_capacity(4 * edits.len());
     for ((before, after), (removed, inserted)) in edits.iter().zip(&sides) {
         texts.extend([before, after, removed, inserted].into_iter().filter(|t| !t.trim().is_empty()).cloned());
@@ -275,15 +279,16 @@ pub async fn encode_edits(engine: &Engine, edits: &[(String, String)]) -> Result
     };
     Ok(edits
         .iter()
-        .zip(&sides)
-        .map(|((before, after), (removed, inserted))| {
+        .zip(sides)
+        .zip(diffs)
+        .map(|(((before, after), (removed, inserted)), diff)| {
             let (b, a) = (next(before), next(after));
             let distance = if before == after { 0.0 } else { 1.0 - b.iter().zip(&a).map(|(x, y)| x * y).sum::<f32>() };
-            let mut input = next(removed);
-            input.extend(next(inserted));
-            input.extend(features(before, after));
+            let mut input = next(&removed);
+            input.extend(next(&inserted));
+            input.extend(features(before, after, &diff));
             input.push(distance);
-            EncodedEdit { input, distance }
+            EncodedEdit { input, distance, diff }
         })
         .collect())
 }
@@ -379,11 +384,11 @@ impl IntentModel {
 
     /// Classifies `(before, after)` edits.
     pub async fn classify(&self, edits: &[(String, String)]) -> Result<Vec<IntentResult>, EngineError> {
-        let scored: Vec<(Vec<f32>, f32)> = match &self.kind {
+        let scored: Vec<(Vec<f32>, f32, Diff)> = match &self.kind {
             Kind::Concord { head, config } => encode_edits(&self.engine, edits)
                 .await?
                 .into_iter()
-                .map(|edit| (softmax(&head.apply(&edit.input)), config.semantic_change.apply(edit.distance)))
+                .map(|edit| (softmax(&head.apply(&edit.input)), config.semantic_change.apply(edit.distance), edit.diff))
                 .collect(),
             Kind::Hub { classifier, order } => {
                 let inputs = edits.iter().map(|(b, a)| Input::Pair(b.clone(), a.clone())).collect();
@@ -393,14 +398,15 @@ impl IntentModel {
                     .encode(inputs, want, true)
                     .await?
                     .iter()
-                    .map(|item| {
+                    .zip(edits)
+                    .map(|(item, (before, after))| {
                         let first = item.token_states.as_ref().and_then(|s| s.first()).map_or(&[][..], Vec::as_slice);
                         let mut probs = vec![0f32; LABELS.len()];
                         for (&index, prob) in order.iter().zip(classifier.probabilities(first)) {
                             probs[index] += prob;
                         }
                         let change = probs[meaning];
-                        (probs, change)
+                        (probs, change, diff(before, after))
                     })
                     .collect()
             }
@@ -408,13 +414,13 @@ impl IntentModel {
         Ok(edits
             .iter()
             .zip(scored)
-            .map(|((before, after), (probs, change))| {
+            .map(|((before, after), (probs, change, diff))| {
                 let best = (0..probs.len()).max_by(|&a, &b| probs[a].total_cmp(&probs[b])).unwrap_or(0);
                 IntentResult {
                     intent: LABELS[best].to_string(),
                     scores: LABELS.iter().zip(&probs).map(|(l, &p)| (l.to_string(), p)).collect(),
                     semantic_change: if before == after { 0.0 } else { change },
-                    diff: diff(before, after),
+                    diff,
                 }
             })
             .collect())
@@ -624,7 +630,7 @@ mod tests {
     #[test]
     fn features_are_bounded() {
         for (b, a) in [("", "x"), ("A long sentence here.", ""), ("Same.", "Same."), ("a, b", "a b")] {
-            assert!(features(b, a).iter().all(|f| (0.0..=1.0).contains(f)), "{b:?} → {a:?}");
+            assert!(features(b, a, &diff(b, a)).iter().all(|f| (0.0..=1.0).contains(f)), "{b:?} → {a:?}");
         }
     }
 }
