@@ -27,6 +27,30 @@ impl DenseHead {
         Ok(Self { weight: weight.flatten_all()?.to_vec1()?, bias, inputs })
     }
 
+    /// A head from a row-major `[outputs, inputs]` weight and its bias.
+    pub fn new(weight: Vec<f32>, bias: Vec<f32>) -> Result<Self> {
+        ensure!(
+            !bias.is_empty() && weight.len().is_multiple_of(bias.len()),
+            "a {}-entry weight does not fit {} outputs",
+            weight.len(),
+            bias.len()
+        );
+        let inputs = weight.len() / bias.len();
+        Ok(Self { weight, bias, inputs })
+    }
+
+    /// `{prefix}.weight` and `{prefix}.bias`, as [`Self::from_tensors`] reads them.
+    pub fn to_tensors(&self, prefix: &str) -> Result<HashMap<String, Tensor>> {
+        let device = candle_core::Device::Cpu;
+        Ok(HashMap::from([
+            (
+                format!("{prefix}.weight"),
+                Tensor::from_vec(self.weight.clone(), (self.outputs(), self.inputs), &device)?,
+            ),
+            (format!("{prefix}.bias"), Tensor::from_vec(self.bias.clone(), self.outputs(), &device)?),
+        ]))
+    }
+
     pub fn inputs(&self) -> usize {
         self.inputs
     }
@@ -70,6 +94,15 @@ pub fn sigmoid(x: f32) -> f32 {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn round_trips_through_tensors() -> Result<()> {
+        let head = DenseHead::new(vec![1.0, 2.0, 0.0, -1.0], vec![0.5, 1.0])?;
+        let back = DenseHead::from_tensors(&head.to_tensors("h")?, "h")?;
+        assert_eq!(back.apply(&[3.0, 4.0]), vec![11.5, -3.0]);
+        assert!(DenseHead::new(vec![1.0, 2.0, 3.0], vec![0.0, 0.0]).is_err());
+        Ok(())
+    }
 
     #[test]
     fn applies_weight_rows_and_bias() -> Result<()> {

@@ -4,7 +4,6 @@
 //! cross-validation on the training edits, so dev stays an honest estimate. Also fits the map
 //! from embedding distance to `semantic_change`.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
@@ -16,6 +15,7 @@ use serde::Serialize;
 use super::finetune::{DataFile, Rng};
 use super::logistic;
 use crate::eval::intent::{score, IntentRow, IntentScores};
+use crate::model::heads::DenseHead;
 use crate::runtime::Engine;
 use crate::tasks::intent::{encode_edits, IntentConfig, LogisticMap, CONFIG_FILE, FEATURES, LABELS};
 
@@ -76,29 +76,12 @@ pub struct IntentTrainReport {
     pub dev: IntentScores,
 }
 
-/// The fitted head, in the raw input space (standardisation folded in), `[labels, inputs]`.
-pub struct Head {
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-}
-
-impl Head {
-    fn predict(&self, input: &[f32]) -> usize {
-        let inputs = input.len();
-        let logits = self
-            .weight
-            .chunks_exact(inputs)
-            .zip(&self.bias)
-            .map(|(row, b)| row.iter().zip(input).map(|(w, x)| w * x).sum::<f32>() + b);
-        logits.enumerate().max_by(|a, b| a.1.total_cmp(&b.1)).map_or(0, |(i, _)| i)
-    }
-}
-
 /// Softmax regression with penalty `l2`, each example weighted by its class count^−`power`
 /// (weights averaging 1). Inputs from `scaled_from` on (the hand-made features) are standardised;
 /// the embeddings before them are not: they are unit vectors whose small coordinates make the
-/// penalty hold them back more than the few features, which cross-validation prefers.
-pub fn fit(examples: &[&Example], scaled_from: usize, l2: f32, power: f32) -> Result<Head> {
+/// penalty hold them back more than the few features, which cross-validation prefers. The head
+/// returned reads raw inputs (the standardisation is folded into it).
+pub fn fit(examples: &[&Example], scaled_from: usize, l2: f32, power: f32) -> Result<DenseHead> {
     ensure!(!examples.is_empty(), "no examples to fit");
     let (n, inputs, labels) = (examples.len(), examples[0].input.len(), LABELS.len());
     let rows: Vec<Vec<f32>> = examples.iter().map(|e| e.input.clone()).collect();
@@ -137,12 +120,16 @@ pub fn fit(examples: &[&Example], scaled_from: usize, l2: f32, power: f32) -> Re
             *b -= w * m / s;
         }
     }
-    Ok(Head { weight, bias })
+    DenseHead::new(weight, bias)
 }
 
-fn evaluate(head: &Head, examples: &[&Example]) -> IntentScores {
+fn predict(head: &DenseHead, input: &[f32]) -> usize {
+    head.apply(input).iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
+}
+
+fn evaluate(head: &DenseHead, examples: &[&Example]) -> IntentScores {
     let gold: Vec<&str> = examples.iter().map(|e| LABELS[e.class]).collect();
-    let predicted: Vec<&str> = examples.iter().map(|e| LABELS[head.predict(&e.input)]).collect();
+    let predicted: Vec<&str> = examples.iter().map(|e| LABELS[predict(head, &e.input)]).collect();
     score(&gold, &predicted)
 }
 
@@ -154,7 +141,7 @@ pub fn train(
     folds: usize,
     seed: u64,
     bar: &ProgressBar,
-) -> Result<(Head, Vec<Candidate>, Candidate, IntentScores)> {
+) -> Result<(DenseHead, Vec<Candidate>, Candidate, IntentScores)> {
     ensure!(folds >= 2 && train.len() >= folds, "need at least {folds} training edits for {folds} folds");
     let scaled_from = train[0].input.len().saturating_sub(FEATURES + 1);
     let mut order: Vec<usize> = (0..train.len()).collect();
@@ -203,15 +190,10 @@ pub fn semantic_change_map(train: &[Example]) -> LogisticMap {
 }
 
 /// Writes the model folder: `intent.json` and the head in `weights.safetensors`.
-pub fn save(out: &Path, base_model: &str, head: &Head, semantic_change: LogisticMap) -> Result<()> {
+pub fn save(out: &Path, base_model: &str, head: &DenseHead, semantic_change: LogisticMap) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let weights = "weights.safetensors";
-    let (labels, inputs) = (head.bias.len(), head.weight.len() / head.bias.len().max(1));
-    let tensors = HashMap::from([
-        ("heads.intent.weight".to_string(), Tensor::from_vec(head.weight.clone(), (labels, inputs), &Device::Cpu)?),
-        ("heads.intent.bias".to_string(), Tensor::from_vec(head.bias.clone(), labels, &Device::Cpu)?),
-    ]);
-    candle_core::safetensors::save(&tensors, out.join(weights))
+    candle_core::safetensors::save(&head.to_tensors("heads.intent")?, out.join(weights))
         .with_context(|| format!("writing {}", out.join(weights).display()))?;
     let config = IntentConfig {
         base_model: base_model.to_string(),
@@ -248,7 +230,7 @@ mod tests {
             .collect();
         let refs: Vec<&Example> = examples.iter().collect();
         let head = fit(&refs, 0, 1e-4, 0.0)?;
-        let correct = examples.iter().filter(|e| head.predict(&e.input) == e.class).count();
+        let correct = examples.iter().filter(|e| predict(&head, &e.input) == e.class).count();
         assert!(correct >= 290, "{correct} of 300 right");
         Ok(())
     }
