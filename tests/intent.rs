@@ -36,7 +36,7 @@ async fn classifies_real_edits_above_the_frozen_embedding_floor() {
     let predicted: Vec<&str> = results.iter().map(|r| r.intent.as_str()).collect();
     let scores = score(&gold, &predicted);
     // The frozen-embedding probe of ../shared/bench/probes reaches 0.299 on this file, the
-    // earlier fine-tuned cross-encoder 0.340 / 0.420, the committed head 0.554 / 0.648;
+    // earlier fine-tuned cross-encoder 0.340 / 0.420, the committed head 0.547 / 0.643;
     // predicting the majority class gives 0.12 / 0.39.
     assert!(scores.macro_f1 > 0.5, "macro-F1 {:.3} on IteraTeR dev", scores.macro_f1);
     assert!(scores.accuracy > 0.6, "accuracy {:.3} on IteraTeR dev", scores.accuracy);
@@ -45,7 +45,9 @@ async fn classifies_real_edits_above_the_frozen_embedding_floor() {
         let total: f32 = result.scores.values().sum();
         assert!((total - 1.0).abs() < 1e-3);
     }
-    // A typo fix moves the meaning less than a rewrite that negates the claim.
+    // A typo fix moves the meaning less than a rewrite that negates the claim or one that adds
+    // new facts (the whole-sentence embedding distance, used before, ranked the last below the
+    // typo fix).
     let contrast = model
         .classify(&[
             ("The results shows a clear improvment.".into(), "The results show a clear improvement.".into()),
@@ -53,10 +55,15 @@ async fn classifies_real_edits_above_the_frozen_embedding_floor() {
                 "The results show a clear improvement.".into(),
                 "The results show no improvement at all over the baseline.".into(),
             ),
+            (
+                "The model was trained on news.".into(),
+                "The model was trained on news articles from 2019 and tested on tweets from 2020.".into(),
+            ),
         ])
         .await
         .expect("classifies");
-    assert!(contrast[0].semantic_change < contrast[1].semantic_change, "{contrast:?}");
+    assert!(contrast[0].semantic_change < 0.2, "{contrast:?}");
+    assert!(contrast[1].semantic_change > 0.5 && contrast[2].semantic_change > 0.5, "{contrast:?}");
 }
 
 #[tokio::test]

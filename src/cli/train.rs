@@ -170,7 +170,7 @@ pub fn run(command: TrainCommand) -> Result<ExitCode> {
                 train::intent::train(&train_set, &dev_set, args.folds, args.seed, &bar)?;
             bar.finish_and_clear();
             let base_model = engine.info().id.clone();
-            train::intent::save(&files.out, &base_model, &head, train::intent::semantic_change_map(&train_set))?;
+            train::intent::save(&files.out, &base_model, &head)?;
             let report = train::intent::IntentTrainReport {
                 base_model,
                 train_files: files.data.clone(),

@@ -2,10 +2,10 @@
 //!
 //! The model is a linear head over the shared sentence encoder, frozen: it reads the embeddings
 //! of the text the edit removed and of the text it inserted (not of the whole sentences, whose
-//! unchanged words would drown the change), a few diff features (how much changed, and whether
-//! only punctuation, case or whitespace did) and the embedding distance of the two versions.
-//! `semantic_change` is that distance mapped to a probability of a meaning change by a logistic
-//! fit on IteraTeR.
+//! unchanged words would drown the change) and a few diff features (how much changed, and
+//! whether only punctuation, case or whitespace did). The whole sentences are not encoded at all:
+//! they were four fifths of the tokens and added nothing the head could use.
+//! `semantic_change` is the head's probability of `meaning-changed`.
 
 use std::ops::Range;
 use std::path::Path;
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use similar::{ChangeTag, TextDiff};
 
 use crate::model::classifier::SequenceClassifier;
-use crate::model::heads::{load_heads, sigmoid, softmax, DenseHead};
+use crate::model::heads::{load_heads, softmax, DenseHead};
 use crate::model::EmbeddingModel;
 use crate::runtime::{Engine, EngineConfig, EngineError, Input, Want};
 use crate::tasks::embed::embed;
@@ -24,6 +24,8 @@ use crate::text::offsets::{range_from_bytes, OffsetUnit};
 
 /// The labels, in the order of the head's outputs (IteraTeR's five intents, then `other`).
 pub const LABELS: [&str; 6] = ["clarity", "fluency", "coherence", "style", "meaning-changed", "other"];
+/// The index of `meaning-changed` in [`LABELS`]: its probability is `semantic_change`.
+const MEANING_CHANGED: usize = 4;
 
 pub const DEFAULT_MODEL_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/intent");
 pub const CONFIG_FILE: &str = "intent.json";
@@ -36,20 +38,6 @@ pub struct IntentConfig {
     /// Safetensors file with the head `heads.intent` (labels × [`head_inputs`]).
     pub weights: String,
     pub labels: Vec<String>,
-    /// `semantic_change = sigmoid(weight · (1 − cosine) + bias)`.
-    pub semantic_change: LogisticMap,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct LogisticMap {
-    pub weight: f32,
-    pub bias: f32,
-}
-
-impl LogisticMap {
-    pub fn apply(&self, distance: f32) -> f32 {
-        sigmoid(self.weight * distance + self.bias)
-    }
 }
 
 /// What kind of change a diff is, from the most specific to the most general.
@@ -230,9 +218,9 @@ pub fn features(before: &str, after: &str, d: &Diff) -> [f32; FEATURES] {
 }
 
 /// Inputs of the intent head for an encoder of `dimensions`: the embeddings of the removed and
-/// of the inserted text, the diff features, and the embedding distance of the two versions.
+/// of the inserted text, then the diff features.
 pub fn head_inputs(dimensions: usize) -> usize {
-    2 * dimensions + FEATURES + 1
+    2 * dimensions + FEATURES
 }
 
 /// What an edit removed and what it inserted: its changed runs, each side joined with " … ".
@@ -253,20 +241,18 @@ pub fn changed_text(before: &str, after: &str, d: &Diff) -> (String, String) {
 pub struct EncodedEdit {
     /// [`head_inputs`] values.
     pub input: Vec<f32>,
-    /// `1 − cosine` of the sentence embeddings of the two versions.
-    pub distance: f32,
     /// The word diff the inputs were read from (offsets in bytes).
     pub diff: Diff,
 }
 
-/// Encodes `edits` with `engine`, a sentence-embedding model: both versions (for the distance)
-/// and the removed and inserted text (for the head) in one call. An empty side embeds as zeros.
+/// Encodes `edits` with `engine`, a sentence-embedding model: the removed and the inserted text
+/// of every edit in one call. An empty side embeds as zeros.
 pub async fn encode_edits(engine: &Engine, edits: &[(String, String)]) -> Result<Vec<EncodedEdit>, EngineError> {
     let diffs: Vec<Diff> = edits.iter().map(|(b, a)| diff(b, a)).collect();
     let sides: Vec<(String, String)> = edits.iter().zip(&diffs).map(|((b, a), d)| changed_text(b, a, d)).collect();
-    let mut texts = Vec::with_capacity(4 * edits.len());
-    for ((before, after), (removed, inserted)) in edits.iter().zip(&sides) {
-        texts.extend([before, after, removed, inserted].into_iter().filter(|t| !t.trim().is_empty()).cloned());
+    let mut texts = Vec::with_capacity(2 * edits.len());
+    for (removed, inserted) in &sides {
+        texts.extend([removed, inserted].into_iter().filter(|t| !t.trim().is_empty()).cloned());
     }
     let mut vectors = embed(engine, texts, true).await?.vectors.into_iter();
     let dimensions = engine.info().dimensions;
@@ -282,13 +268,10 @@ pub async fn encode_edits(engine: &Engine, edits: &[(String, String)]) -> Result
         .zip(sides)
         .zip(diffs)
         .map(|(((before, after), (removed, inserted)), diff)| {
-            let (b, a) = (next(before), next(after));
-            let distance = if before == after { 0.0 } else { 1.0 - b.iter().zip(&a).map(|(x, y)| x * y).sum::<f32>() };
             let mut input = next(&removed);
             input.extend(next(&inserted));
             input.extend(features(before, after, &diff));
-            input.push(distance);
-            EncodedEdit { input, distance, diff }
+            EncodedEdit { input, diff }
         })
         .collect())
 }
@@ -298,9 +281,8 @@ pub async fn encode_edits(engine: &Engine, edits: &[(String, String)]) -> Result
 pub struct IntentResult {
     pub intent: String,
     pub scores: std::collections::BTreeMap<String, f32>,
-    /// How far the meaning moved, 0..1: the calibrated probability of a meaning change from the
-    /// embedding distance of the two versions (with a Hugging Face classifier: its probability
-    /// of `meaning-changed`).
+    /// How far the meaning moved, 0..1: the model's probability of `meaning-changed` (0 when
+    /// nothing changed).
     pub semantic_change: f32,
     pub diff: Diff,
 }
@@ -314,7 +296,7 @@ pub struct IntentModel {
 
 enum Kind {
     /// Concord's own: a head over the sentence embeddings of its base model (`engine`).
-    Concord { head: DenseHead, config: IntentConfig },
+    Concord { head: DenseHead },
     /// A Hugging Face sequence-classification checkpoint over (before, after) pairs, e.g. an
     /// IteraTeR RoBERTa intent model; `order[i]` is the index in [`LABELS`] of its label `i`.
     Hub { classifier: SequenceClassifier, order: Vec<usize> },
@@ -352,7 +334,7 @@ impl IntentModel {
             LABELS.len()
         );
         let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
-        Ok(Self { engine, kind: Kind::Concord { head, config }, id: format!("concord/{name}") })
+        Ok(Self { engine, kind: Kind::Concord { head }, id: format!("concord/{name}") })
     }
 
     fn load_hub(spec: &str, device: &Device, dtype: DType, engine: EngineConfig) -> Result<Self> {
@@ -384,16 +366,15 @@ impl IntentModel {
 
     /// Classifies `(before, after)` edits.
     pub async fn classify(&self, edits: &[(String, String)]) -> Result<Vec<IntentResult>, EngineError> {
-        let scored: Vec<(Vec<f32>, f32, Diff)> = match &self.kind {
-            Kind::Concord { head, config } => encode_edits(&self.engine, edits)
+        let scored: Vec<(Vec<f32>, Diff)> = match &self.kind {
+            Kind::Concord { head } => encode_edits(&self.engine, edits)
                 .await?
                 .into_iter()
-                .map(|edit| (softmax(&head.apply(&edit.input)), config.semantic_change.apply(edit.distance), edit.diff))
+                .map(|edit| (softmax(&head.apply(&edit.input)), edit.diff))
                 .collect(),
             Kind::Hub { classifier, order } => {
                 let inputs = edits.iter().map(|(b, a)| Input::Pair(b.clone(), a.clone())).collect();
                 let want = Want { normalize: false, token_states: true };
-                let meaning = LABELS.iter().position(|l| *l == "meaning-changed").unwrap_or(0);
                 self.engine
                     .encode(inputs, want, true)
                     .await?
@@ -405,8 +386,7 @@ impl IntentModel {
                         for (&index, prob) in order.iter().zip(classifier.probabilities(first)) {
                             probs[index] += prob;
                         }
-                        let change = probs[meaning];
-                        (probs, change, diff(before, after))
+                        (probs, diff(before, after))
                     })
                     .collect()
             }
@@ -414,12 +394,12 @@ impl IntentModel {
         Ok(edits
             .iter()
             .zip(scored)
-            .map(|((before, after), (probs, change, diff))| {
+            .map(|((before, after), (probs, diff))| {
                 let best = (0..probs.len()).max_by(|&a, &b| probs[a].total_cmp(&probs[b])).unwrap_or(0);
                 IntentResult {
                     intent: LABELS[best].to_string(),
                     scores: LABELS.iter().zip(&probs).map(|(l, &p)| (l.to_string(), p)).collect(),
-                    semantic_change: if before == after { 0.0 } else { change },
+                    semantic_change: if before == after { 0.0 } else { probs[MEANING_CHANGED] },
                     diff,
                 }
             })
@@ -625,6 +605,11 @@ mod tests {
         assert!(describe.contains(&("insert", "", "New closing words.")), "{describe:?}");
         assert_eq!(regions.len(), 3, "{describe:?}");
         assert!(align(before, before).is_empty());
+    }
+
+    #[test]
+    fn semantic_change_reads_the_meaning_changed_output() {
+        assert_eq!(LABELS[MEANING_CHANGED], "meaning-changed");
     }
 
     #[test]

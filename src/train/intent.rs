@@ -1,8 +1,7 @@
 //! Trains the edit-intent head: a softmax regression over what [`encode_edits`] gives (the frozen
-//! sentence encoder's embeddings of the removed and the inserted text, diff features, the
-//! embedding distance of the two versions). The L2 penalty and the class weighting are chosen by
-//! cross-validation on the training edits, so dev stays an honest estimate. Also fits the map
-//! from embedding distance to `semantic_change`.
+//! sentence encoder's embeddings of the removed and the inserted text, and diff features). The L2
+//! penalty and the class weighting are chosen by cross-validation on the training edits, so dev
+//! stays an honest estimate.
 
 use std::path::Path;
 
@@ -17,7 +16,7 @@ use super::logistic;
 use crate::eval::intent::{score, IntentRow, IntentScores};
 use crate::model::heads::DenseHead;
 use crate::runtime::Engine;
-use crate::tasks::intent::{encode_edits, IntentConfig, LogisticMap, CONFIG_FILE, FEATURES, LABELS};
+use crate::tasks::intent::{encode_edits, IntentConfig, CONFIG_FILE, FEATURES, LABELS};
 
 /// Full-batch optimiser steps per fit: the problem is convex and small (a few thousand edits).
 const STEPS: usize = 600;
@@ -30,7 +29,6 @@ const POWER_GRID: [f32; 2] = [0.0, 0.5];
 /// One labelled edit, encoded.
 pub struct Example {
     pub input: Vec<f32>,
-    pub distance: f32,
     pub class: usize,
 }
 
@@ -45,7 +43,7 @@ pub async fn examples(engine: &Engine, rows: &[IntentRow], bar: &ProgressBar) ->
                 .iter()
                 .position(|l| *l == row.canonical_label())
                 .with_context(|| format!("unknown intent label '{}'", row.label))?;
-            out.push(Example { input: edit.input, distance: edit.distance, class });
+            out.push(Example { input: edit.input, class });
         }
         bar.inc(chunk.len() as u64);
     }
@@ -143,7 +141,7 @@ pub fn train(
     bar: &ProgressBar,
 ) -> Result<(DenseHead, Vec<Candidate>, Candidate, IntentScores)> {
     ensure!(folds >= 2 && train.len() >= folds, "need at least {folds} training edits for {folds} folds");
-    let scaled_from = train[0].input.len().saturating_sub(FEATURES + 1);
+    let scaled_from = train[0].input.len().saturating_sub(FEATURES);
     let mut order: Vec<usize> = (0..train.len()).collect();
     Rng::new(seed).shuffle(&mut order);
     let mut fold_of = vec![0usize; train.len()];
@@ -178,19 +176,8 @@ pub fn train(
     Ok((head, candidates, chosen, dev_scores))
 }
 
-/// `semantic_change`: a logistic fit of "the intent is meaning-changed" on the embedding distance.
-pub fn semantic_change_map(train: &[Example]) -> LogisticMap {
-    let rows: Vec<Vec<f32>> = train.iter().map(|e| vec![e.distance]).collect();
-    let meaning = LABELS.iter().position(|l| *l == "meaning-changed");
-    let labels: Vec<f32> = train.iter().map(|e| (Some(e.class) == meaning) as u8 as f32).collect();
-    let (mean, std) = logistic::standardize_stats(&rows);
-    let standardized: Vec<Vec<f32>> = rows.iter().map(|r| vec![(r[0] - mean[0]) / std[0]]).collect();
-    let (w, b) = logistic::fit(&standardized, &labels, 0.0, 2000);
-    LogisticMap { weight: w[0] / std[0], bias: b - w[0] * mean[0] / std[0] }
-}
-
 /// Writes the model folder: `intent.json` and the head in `weights.safetensors`.
-pub fn save(out: &Path, base_model: &str, head: &DenseHead, semantic_change: LogisticMap) -> Result<()> {
+pub fn save(out: &Path, base_model: &str, head: &DenseHead) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let weights = "weights.safetensors";
     candle_core::safetensors::save(&head.to_tensors("heads.intent")?, out.join(weights))
@@ -199,7 +186,6 @@ pub fn save(out: &Path, base_model: &str, head: &DenseHead, semantic_change: Log
         base_model: base_model.to_string(),
         weights: weights.to_string(),
         labels: LABELS.iter().map(|l| l.to_string()).collect(),
-        semantic_change,
     };
     std::fs::write(out.join(CONFIG_FILE), serde_json::to_string_pretty(&config)? + "\n")
         .with_context(|| format!("writing {}", out.join(CONFIG_FILE).display()))
@@ -223,7 +209,6 @@ mod tests {
                         1000.0 + 50.0 * signal.0 + 10.0 * (rng.next_f32() - 0.5),
                         -3.0 + 0.2 * signal.1 + 0.04 * (rng.next_f32() - 0.5),
                     ],
-                    distance: 0.0,
                     class,
                 }
             })
