@@ -36,10 +36,10 @@ async fn classifies_real_edits_above_the_frozen_embedding_floor() {
     let predicted: Vec<&str> = results.iter().map(|r| r.intent.as_str()).collect();
     let scores = score(&gold, &predicted);
     // The frozen-embedding probe of ../shared/bench/probes reaches 0.299 on this file, the
-    // earlier fine-tuned cross-encoder 0.340 / 0.420, the committed head 0.547 / 0.643;
+    // earlier fine-tuned cross-encoder 0.340 / 0.420, the committed head 0.588 / 0.693;
     // predicting the majority class gives 0.12 / 0.39.
-    assert!(scores.macro_f1 > 0.5, "macro-F1 {:.3} on IteraTeR dev", scores.macro_f1);
-    assert!(scores.accuracy > 0.6, "accuracy {:.3} on IteraTeR dev", scores.accuracy);
+    assert!(scores.macro_f1 > 0.55, "macro-F1 {:.3} on IteraTeR dev", scores.macro_f1);
+    assert!(scores.accuracy > 0.66, "accuracy {:.3} on IteraTeR dev", scores.accuracy);
     for result in &results {
         assert!((0.0..=1.0).contains(&result.semantic_change));
         let total: f32 = result.scores.values().sum();

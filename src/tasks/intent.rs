@@ -2,8 +2,8 @@
 //!
 //! The model is a linear head over the shared sentence encoder, frozen: it reads the embeddings
 //! of the text the edit removed and of the text it inserted (not of the whole sentences, whose
-//! unchanged words would drown the change) and a few diff features (how much changed, and
-//! whether only punctuation, case or whitespace did). The whole sentences are not encoded at all:
+//! unchanged words would drown the change), their interactions, and a few diff features (how much
+//! changed, and whether only punctuation, case or whitespace did). The whole sentences are not encoded at all:
 //! they were four fifths of the tokens and added nothing the head could use.
 //! `semantic_change` is the head's probability of `meaning-changed`.
 
@@ -217,10 +217,16 @@ pub fn features(before: &str, after: &str, d: &Diff) -> [f32; FEATURES] {
     ]
 }
 
-/// Inputs of the intent head for an encoder of `dimensions`: the embeddings of the removed and
-/// of the inserted text, then the diff features.
+/// Inputs at the end of the head's input that are scalars made by hand (the diff features and
+/// the cosine of the two embeddings), standardised in training; the embeddings before them are not.
+pub const SCALAR_INPUTS: usize = FEATURES + 1;
+
+/// Inputs of the intent head for an encoder of `dimensions`: the embeddings of the removed text
+/// `r` and of the inserted text `i`, `|r − i|` and `r ⊙ i` (a linear head cannot form these
+/// itself, and they say whether the new words mean what the old ones did), then the diff
+/// features and the cosine of `r` and `i`.
 pub fn head_inputs(dimensions: usize) -> usize {
-    2 * dimensions + FEATURES
+    4 * dimensions + SCALAR_INPUTS
 }
 
 /// What an edit removed and what it inserted: its changed runs, each side joined with " … ".
@@ -268,9 +274,14 @@ pub async fn encode_edits(engine: &Engine, edits: &[(String, String)]) -> Result
         .zip(sides)
         .zip(diffs)
         .map(|(((before, after), (removed, inserted)), diff)| {
-            let mut input = next(&removed);
-            input.extend(next(&inserted));
+            let (removed, inserted) = (next(&removed), next(&inserted));
+            let mut input = Vec::with_capacity(head_inputs(dimensions));
+            input.extend(&removed);
+            input.extend(&inserted);
+            input.extend(removed.iter().zip(&inserted).map(|(r, i)| (r - i).abs()));
+            input.extend(removed.iter().zip(&inserted).map(|(r, i)| r * i));
             input.extend(features(before, after, &diff));
+            input.push(removed.iter().zip(&inserted).map(|(r, i)| r * i).sum());
             EncodedEdit { input, diff }
         })
         .collect())

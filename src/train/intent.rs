@@ -16,7 +16,7 @@ use super::logistic;
 use crate::eval::intent::{score, IntentRow, IntentScores};
 use crate::model::heads::DenseHead;
 use crate::runtime::Engine;
-use crate::tasks::intent::{encode_edits, IntentConfig, CONFIG_FILE, FEATURES, LABELS};
+use crate::tasks::intent::{encode_edits, IntentConfig, CONFIG_FILE, LABELS, SCALAR_INPUTS};
 
 /// Full-batch optimiser steps per fit: the problem is convex and small (a few thousand edits).
 const STEPS: usize = 600;
@@ -141,7 +141,7 @@ pub fn train(
     bar: &ProgressBar,
 ) -> Result<(DenseHead, Vec<Candidate>, Candidate, IntentScores)> {
     ensure!(folds >= 2 && train.len() >= folds, "need at least {folds} training edits for {folds} folds");
-    let scaled_from = train[0].input.len().saturating_sub(FEATURES);
+    let scaled_from = train[0].input.len().saturating_sub(SCALAR_INPUTS);
     let mut order: Vec<usize> = (0..train.len()).collect();
     Rng::new(seed).shuffle(&mut order);
     let mut fold_of = vec![0usize; train.len()];
