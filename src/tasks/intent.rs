@@ -2,9 +2,9 @@
 //!
 //! The model is a linear head over the shared sentence encoder, frozen: it reads the embeddings
 //! of the text the edit removed and of the text it inserted (not of the whole sentences, whose
-//! unchanged words would drown the change), their interactions, and a few diff features (how much
-//! changed, and whether only punctuation, case or whitespace did). The whole sentences are not encoded at all:
-//! they were four fifths of the tokens and added nothing the head could use.
+//! unchanged words would drown the change), their interactions, and a few diff features (how
+//! much changed, and whether only punctuation, case or whitespace did). The whole sentences are
+//! not encoded at all: they were four fifths of the tokens and added nothing the head could use.
 //! `semantic_change` is the head's probability of `meaning-changed`.
 
 use std::ops::Range;

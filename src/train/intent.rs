@@ -1,7 +1,7 @@
 //! Trains the edit-intent head: a softmax regression over what [`encode_edits`] gives (the frozen
-//! sentence encoder's embeddings of the removed and the inserted text, and diff features). The L2
-//! penalty and the class weighting are chosen by cross-validation on the training edits, so dev
-//! stays an honest estimate.
+//! sentence encoder's embeddings of the removed and the inserted text, their interactions, and
+//! diff features). The L2 penalty and the class weighting are chosen by cross-validation on the
+//! training edits, so dev stays an honest estimate.
 
 use std::path::Path;
 
@@ -76,8 +76,9 @@ pub struct IntentTrainReport {
 
 /// Softmax regression with penalty `l2`, each example weighted by its class count^−`power`
 /// (weights averaging 1). Inputs from `scaled_from` on (the hand-made features) are standardised;
-/// the embeddings before them are not: they are unit vectors whose small coordinates make the
-/// penalty hold them back more than the few features, which cross-validation prefers. The head
+/// the embeddings and their interactions before them are not: coordinates of unit vectors are
+/// small, so the penalty holds them back more than the few features, which cross-validation
+/// prefers. The head
 /// returned reads raw inputs (the standardisation is folded into it).
 pub fn fit(examples: &[&Example], scaled_from: usize, l2: f32, power: f32) -> Result<DenseHead> {
     ensure!(!examples.is_empty(), "no examples to fit");
