@@ -115,13 +115,14 @@ struct FusedAddNorm {
 /// accumulator per lane lets it use whole vector registers.
 const LANES: usize = 16;
 
+/// The sum of `term(x)` over `values`.
 #[inline(always)]
-fn lane_sum(values: &[f32]) -> f32 {
+fn lane_sum(values: &[f32], term: impl Fn(f32) -> f32) -> f32 {
     let mut lanes = [0f32; LANES];
     let chunks = values.chunks_exact(LANES);
-    let tail: f32 = chunks.remainder().iter().sum();
+    let tail: f32 = chunks.remainder().iter().map(|&x| term(x)).sum();
     for chunk in chunks {
-        lanes.iter_mut().zip(chunk).for_each(|(lane, &x)| *lane += x);
+        lanes.iter_mut().zip(chunk).for_each(|(lane, &x)| *lane += term(x));
     }
     lanes.iter().sum::<f32>() + tail
 }
@@ -144,15 +145,9 @@ fn add_norm_rows_generic(xs: &[f32], residual: &[f32], dst: &mut [f32], p: &Fuse
         for (((o, &x), &r), &b) in out.iter_mut().zip(x).zip(r).zip(&p.bias) {
             *o = x + r + b;
         }
-        let mean = lane_sum(out) / width as f32;
+        let mean = lane_sum(out, |x| x) / width as f32;
         out.iter_mut().for_each(|o| *o -= mean);
-        let mut squares = [0f32; LANES];
-        let chunks = out.chunks_exact(LANES);
-        let tail: f32 = chunks.remainder().iter().map(|o| o * o).sum();
-        for chunk in chunks {
-            squares.iter_mut().zip(chunk).for_each(|(lane, &o)| *lane += o * o);
-        }
-        let var = squares.iter().sum::<f32>() + tail;
+        let var = lane_sum(out, |o| o * o);
         let inv = 1.0 / (var / width as f32 + p.eps).sqrt();
         for ((o, &g), &b) in out.iter_mut().zip(&p.gamma).zip(&p.beta) {
             *o = *o * inv * g + b;
@@ -226,7 +221,7 @@ fn softmax_rows_generic(src: &[f32], dst: &mut [f32], width: usize) {
         for (o, &x) in out.iter_mut().zip(row) {
             *o = exp_nonpositive(x - max);
         }
-        let inv = 1.0 / lane_sum(out);
+        let inv = 1.0 / lane_sum(out, |e| e);
         out.iter_mut().for_each(|o| *o *= inv);
     }
 }

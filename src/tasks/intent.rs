@@ -278,10 +278,12 @@ pub async fn encode_edits(engine: &Engine, edits: &[(String, String)]) -> Result
             let mut input = Vec::with_capacity(head_inputs(dimensions));
             input.extend(&removed);
             input.extend(&inserted);
+            let product: Vec<f32> = removed.iter().zip(&inserted).map(|(r, i)| r * i).collect();
             input.extend(removed.iter().zip(&inserted).map(|(r, i)| (r - i).abs()));
-            input.extend(removed.iter().zip(&inserted).map(|(r, i)| r * i));
+            input.extend(&product);
             input.extend(features(before, after, &diff));
-            input.push(removed.iter().zip(&inserted).map(|(r, i)| r * i).sum());
+            // Unit vectors (or zeros for an empty side): the cosine is the sum of the product.
+            input.push(product.iter().sum());
             EncodedEdit { input, diff }
         })
         .collect())

@@ -78,8 +78,7 @@ pub struct IntentTrainReport {
 /// (weights averaging 1). Inputs from `scaled_from` on (the hand-made features) are standardised;
 /// the embeddings and their interactions before them are not: coordinates of unit vectors are
 /// small, so the penalty holds them back more than the few features, which cross-validation
-/// prefers. The head
-/// returned reads raw inputs (the standardisation is folded into it).
+/// prefers. The head returned reads raw inputs (the standardisation is folded into it).
 pub fn fit(examples: &[&Example], scaled_from: usize, l2: f32, power: f32) -> Result<DenseHead> {
     ensure!(!examples.is_empty(), "no examples to fit");
     let (n, inputs, labels) = (examples.len(), examples[0].input.len(), LABELS.len());
