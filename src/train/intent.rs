@@ -6,8 +6,6 @@
 use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
-use candle_core::{DType, Device, Tensor, Var, D};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
@@ -18,9 +16,6 @@ use crate::model::heads::DenseHead;
 use crate::runtime::Engine;
 use crate::tasks::intent::{encode_edits, IntentConfig, CONFIG_FILE, LABELS, SCALAR_INPUTS};
 
-/// Full-batch optimiser steps per fit: the problem is convex and small (a few thousand edits).
-const STEPS: usize = 600;
-const LEARNING_RATE: f64 = 0.05;
 /// Candidate L2 penalties (on the mean loss) and class-weight powers (weight = count^−power:
 /// 0 keeps the data's balance, 0.5 lifts the rare intents).
 const L2_GRID: [f32; 4] = [1.5e-5, 5e-5, 1.5e-4, 5e-4];
@@ -75,19 +70,10 @@ pub struct IntentTrainReport {
 }
 
 /// Softmax regression with penalty `l2`, each example weighted by its class count^−`power`
-/// (weights averaging 1). Inputs from `scaled_from` on (the hand-made features) are standardised;
-/// the embeddings and their interactions before them are not: coordinates of unit vectors are
-/// small, so the penalty holds them back more than the few features, which cross-validation
-/// prefers. The head returned reads raw inputs (the standardisation is folded into it).
+/// (weights averaging 1); inputs from `scaled_from` on (the hand-made features) standardised.
 pub fn fit(examples: &[&Example], scaled_from: usize, l2: f32, power: f32) -> Result<DenseHead> {
     ensure!(!examples.is_empty(), "no examples to fit");
-    let (n, inputs, labels) = (examples.len(), examples[0].input.len(), LABELS.len());
-    let rows: Vec<Vec<f32>> = examples.iter().map(|e| e.input.clone()).collect();
-    let (mut mean, mut std) = logistic::standardize_stats(&rows);
-    mean[..scaled_from.min(inputs)].fill(0.0);
-    std[..scaled_from.min(inputs)].fill(1.0);
-    let standardized: Vec<f32> =
-        rows.iter().flat_map(|r| r.iter().zip(&mean).zip(&std).map(|((x, m), s)| (x - m) / s)).collect();
+    let (n, labels) = (examples.len(), LABELS.len());
     let mut counts = vec![0usize; labels];
     examples.iter().for_each(|e| counts[e.class] += 1);
     let raw: Vec<f32> = counts.iter().map(|&c| (c.max(1) as f32).powf(-power)).collect();
@@ -96,29 +82,8 @@ pub fn fit(examples: &[&Example], scaled_from: usize, l2: f32, power: f32) -> Re
     for (i, e) in examples.iter().enumerate() {
         targets[i * labels + e.class] = raw[e.class] / mean_weight / n as f32;
     }
-    let device = Device::Cpu;
-    let x = Tensor::from_vec(standardized, (n, inputs), &device)?;
-    let targets = Tensor::from_vec(targets, (n, labels), &device)?;
-    let weight = Var::zeros((inputs, labels), DType::F32, &device)?;
-    let bias = Var::zeros(labels, DType::F32, &device)?;
-    let params = ParamsAdamW { lr: LEARNING_RATE, weight_decay: 0.0, ..Default::default() };
-    let mut optimizer = AdamW::new(vec![weight.clone(), bias.clone()], params)?;
-    for _ in 0..STEPS {
-        let logits = x.matmul(weight.as_tensor())?.broadcast_add(bias.as_tensor())?;
-        let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let loss = ((log_probs * &targets)?.sum_all()?.neg()? + (weight.as_tensor().sqr()?.sum_all()? * l2 as f64)?)?;
-        optimizer.backward_step(&loss)?;
-    }
-    let standardized_weight = weight.as_tensor().t()?.to_vec2::<f32>()?;
-    let mut bias = bias.as_tensor().to_vec1::<f32>()?;
-    let mut weight = Vec::with_capacity(labels * inputs);
-    for (row, b) in standardized_weight.iter().zip(&mut bias) {
-        for ((w, m), s) in row.iter().zip(&mean).zip(&std) {
-            weight.push(w / s);
-            *b -= w * m / s;
-        }
-    }
-    DenseHead::new(weight, bias)
+    let rows: Vec<&[f32]> = examples.iter().map(|e| e.input.as_slice()).collect();
+    logistic::fit_softmax(&rows, scaled_from, logistic::Targets::Weighted(targets), labels, l2)
 }
 
 fn predict(head: &DenseHead, input: &[f32]) -> usize {
