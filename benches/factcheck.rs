@@ -62,7 +62,14 @@ fn main() {
     let embedder = EmbeddingModel::load(DEFAULT_MODEL, &Device::Cpu, dtype)
         .and_then(|m| Engine::start(m, EngineConfig::default()))
         .expect("default model loads (run scripts/fetch-models.sh first)");
-    let nli = NliModel::load(DEFAULT_MODEL_DIR, &Device::Cpu, dtype, EngineConfig::default()).expect("NLI model loads");
+    let nli = NliModel::load(
+        DEFAULT_MODEL_DIR,
+        std::slice::from_ref(&embedder),
+        &Device::Cpu,
+        dtype,
+        EngineConfig::default(),
+    )
+    .expect("NLI model loads");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let (text, sources) = workload();
     let claims = claim_ranges(&text);

@@ -10,7 +10,7 @@ use concord::tasks::nli::{NliModel, DEFAULT_MODEL_DIR};
 use serde_json::{json, Value};
 
 async fn server() -> common::TestServer {
-    let nli = NliModel::load(DEFAULT_MODEL_DIR, &Device::Cpu, DType::F32, EngineConfig::default())
+    let nli = NliModel::load(DEFAULT_MODEL_DIR, &[], &Device::Cpu, DType::F32, EngineConfig::default())
         .expect("the committed NLI model loads");
     common::TestServer::start_with_nli(EngineConfig::default(), Limits::default(), nli).await
 }

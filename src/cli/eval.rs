@@ -113,7 +113,7 @@ pub fn run(command: EvalCommand) -> Result<ExitCode> {
         EvalCommand::Nli(args) | EvalCommand::Factcheck(args) => {
             let rows: Vec<eval::nli::NliRow> = eval::read_jsonl(&args.data)?;
             anyhow::ensure!(!rows.is_empty(), "{} has no rows", args.data.display());
-            let Some(model) = args.nli.load(&args.device, &args.engine)? else {
+            let Some(model) = args.nli.load(&[], &args.device, &args.engine)? else {
                 anyhow::bail!("no NLI model: pass --nli-model DIR");
             };
             let bar = progress_bar();

@@ -37,10 +37,10 @@ pub fn run(args: FactcheckArgs) -> Result<ExitCode> {
     let request: FactcheckRequest =
         serde_json::from_str(&raw).context("the input is not a valid fact-check request")?;
     let job = request.validate(Limits::default().max_input_chars)?;
-    let Some(nli) = args.nli.load(&args.encoder.device, &args.encoder.engine)? else {
+    let embedder = args.encoder.start()?;
+    let Some(nli) = args.nli.load(std::slice::from_ref(&embedder), &args.encoder.device, &args.encoder.engine)? else {
         anyhow::bail!("fact-checking needs an NLI model: pass --nli-model");
     };
-    let embedder = args.encoder.start()?;
     let cache = EmbeddingCache::new(100_000);
     let stdout = std::io::stdout();
     runtime()?.block_on(async {

@@ -181,14 +181,16 @@ pub struct NliModelArgs {
 
 impl NliModelArgs {
     /// Loads the chosen model; `None` when turned off, or when the default folder is missing.
-    pub fn load(&self, model: &ModelArgs, engine: &EngineArgs) -> Result<Option<NliModel>> {
+    /// Its pair head's sentence encoder runs on one of the `running` engines when one is that
+    /// model.
+    pub fn load(&self, running: &[Engine], model: &ModelArgs, engine: &EngineArgs) -> Result<Option<NliModel>> {
         let Some(dir) = task_model_dir(self.nli_model.as_deref(), nli::DEFAULT_MODEL_DIR, nli::CONFIG_FILE) else {
             return Ok(None);
         };
         let device = device::parse_device(&model.device)?;
         let dtype = device::parse_dtype(&model.dtype, &device)?;
         let spec = dir.to_string_lossy();
-        let loaded = NliModel::load(&spec, &device, dtype, engine.config())
+        let loaded = NliModel::load(&spec, running, &device, dtype, engine.config())
             .with_context(|| format!("loading the NLI model {spec}"))?;
         tracing::info!(model = loaded.id(), "NLI model loaded");
         Ok(Some(loaded))
@@ -295,7 +297,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(moderator) = args.moderation.load(&args.model, &args.engine)? {
                 state = state.with_moderator(Arc::new(moderator));
             }
-            if let Some(nli) = args.nli.load(&args.model, &args.engine)? {
+            if let Some(nli) = args.nli.load(state.models.all(), &args.model, &args.engine)? {
                 state = state.with_nli(Arc::new(nli));
             }
             if let Some(intent) = args.intent.load(state.models.all(), &args.model, &args.engine)? {

@@ -9,8 +9,11 @@ use clap::{Args, Subcommand};
 use super::eval::progress_bar;
 use super::{runtime, EncoderArgs};
 use concord::eval::intent::IntentRow;
+use concord::eval::nli::NliRow;
 use concord::eval::{merge::MergeRow, read_jsonl};
+use concord::model::device;
 use concord::model::source::DEFAULT_MODEL;
+use concord::tasks::nli::NliModel;
 use concord::train;
 use concord::train::finetune::{read_rows, DataFile, FinetuneOptions, Rng};
 
@@ -47,8 +50,9 @@ pub struct DataArgs {
     out: PathBuf,
 }
 
+/// A head fitted over a frozen sentence encoder's embeddings (intent, the NLI pair head).
 #[derive(Args)]
-pub struct TrainIntentArgs {
+pub struct TrainHeadArgs {
     #[command(flatten)]
     files: DataArgs,
     /// Cross-validation folds for choosing the L2 penalty and class weighting.
@@ -124,9 +128,13 @@ pub enum TrainCommand {
     /// The NLI cross-encoder (models/nli): fine-tuned top layers and a 3-way head.
     #[command(args_override_self = true)]
     Nli(FinetuneArgs),
+    /// The NLI pair head over sentence embeddings of premise and hypothesis and word overlap,
+    /// mixed with the cross-encoder: `--out` is the NLI folder (models/nli) it is added to.
+    #[command(args_override_self = true)]
+    NliPair(TrainHeadArgs),
     /// The edit-intent model (models/intent): a head over embeddings of the changed text and diff features.
     #[command(args_override_self = true)]
-    Intent(TrainIntentArgs),
+    Intent(TrainHeadArgs),
 }
 
 pub fn run(command: TrainCommand) -> Result<ExitCode> {
@@ -185,6 +193,47 @@ pub fn run(command: TrainCommand) -> Result<ExitCode> {
             };
             let metrics = serde_json::to_string_pretty(&report)? + "\n";
             std::fs::write(files.out.join("metrics.json"), &metrics)?;
+            print!("{metrics}");
+        }
+        TrainCommand::NliPair(args) => {
+            let files = &args.files;
+            let mut rng = Rng::new(args.seed);
+            let read = |list: &[DataFile], rng: &mut Rng| -> Result<Vec<(String, Vec<NliRow>)>> {
+                list.iter().map(|f| Ok((f.name(), read_rows(std::slice::from_ref(f), rng)?))).collect()
+            };
+            let (train_sets, dev_sets) = (read(&files.data, &mut rng)?, read(&files.dev, &mut rng)?);
+            let engine = args.encoder.start()?;
+            let spec = files.out.to_string_lossy();
+            let config = args.encoder.engine.config();
+            let device = device::parse_device(&args.encoder.device.device)?;
+            let dtype = device::parse_dtype(&args.encoder.device.dtype, &device)?;
+            let cross_encoder = NliModel::load(&spec, std::slice::from_ref(&engine), &device, dtype, config)
+                .with_context(|| format!("loading the NLI model in {spec} (train its cross-encoder first)"))?;
+            let bar = progress_bar();
+            let report = runtime()?.block_on(async {
+                let rows: u64 = train_sets.iter().chain(&dev_sets).map(|(_, r)| r.len() as u64).sum();
+                bar.set_length(rows);
+                bar.set_message("encoding pairs");
+                let mut encode = Vec::new();
+                for (name, rows) in train_sets.into_iter().chain(dev_sets) {
+                    encode.push(train::nli_pair::DataSet::encode(name, rows, &engine, &bar).await?);
+                }
+                let dev = encode.split_off(files.data.len());
+                train::nli_pair::train(
+                    &engine,
+                    &cross_encoder,
+                    (&files.data, encode),
+                    (&files.dev, dev),
+                    args.folds,
+                    args.seed,
+                    &files.out,
+                    &bar,
+                )
+                .await
+            })?;
+            bar.finish_and_clear();
+            let metrics = serde_json::to_string_pretty(&report)? + "\n";
+            std::fs::write(files.out.join("pair-metrics.json"), &metrics)?;
             print!("{metrics}");
         }
         TrainCommand::Nli(args) => {

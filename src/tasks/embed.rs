@@ -1,6 +1,27 @@
 //! Sentence embeddings: the simplest task, and the one every other pipeline builds on.
 
-use crate::runtime::{Engine, EngineError, Input, Want};
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+
+use crate::model::EmbeddingModel;
+use crate::runtime::{Engine, EngineConfig, EngineError, Input, Want};
+
+/// The engine of sentence encoder `id`: one of `running` when one of them is that model (the
+/// server's embedding engine, usually), so its weights are loaded once; else a new one.
+pub fn shared_encoder(
+    running: &[Engine],
+    id: &str,
+    device: &Device,
+    dtype: DType,
+    config: EngineConfig,
+) -> Result<Engine> {
+    if let Some(shared) = running.iter().find(|e| e.info().id == id) {
+        return Ok(shared.clone());
+    }
+    let model =
+        EmbeddingModel::load(id, device, dtype).with_context(|| format!("loading the sentence encoder {id}"))?;
+    Engine::start(model, config)
+}
 
 /// Embeddings for a list of texts, in input order.
 #[derive(Debug, Clone)]

@@ -282,9 +282,20 @@ impl Retrieval {
             .zip(claim_vectors)
             .map(|(((index, range), claim), vector)| {
                 let (candidates, premises) = self.evidence_for(&claim, &vector, sources);
+                let retrieval = Arc::clone(&self);
                 async move {
-                    let pairs = premises.into_iter().map(|premise| (premise, claim.clone())).collect();
-                    let verdicts = nli.classify(pairs).await?;
+                    let passages: Vec<usize> = premises.iter().map(|(_, passage)| *passage).collect();
+                    let pairs: Vec<(String, String)> =
+                        premises.into_iter().map(|(premise, _)| (premise, claim.clone())).collect();
+                    // The NLI pair head reads the same encoder's embeddings as retrieval: reuse them
+                    // (a passage's, without the title its premise carries) instead of encoding again.
+                    let verdicts = if nli.pair_encoder().is_some_and(|e| e.info().id == embedder.info().id) {
+                        let vectors: Vec<(Vec<f32>, Vec<f32>)> =
+                            passages.iter().map(|&i| (retrieval.passage_vectors[i].clone(), vector.clone())).collect();
+                        nli.classify_embedded(pairs, &vectors).await?
+                    } else {
+                        nli.classify(pairs).await?
+                    };
                     let evidence: Vec<Evidence> = candidates
                         .into_iter()
                         .zip(verdicts)
@@ -297,8 +308,9 @@ impl Retrieval {
             .collect())
     }
 
-    /// The `top_k` evidence sentences for a claim, and the premises the NLI model reads for them.
-    fn evidence_for(&self, claim: &str, vector: &[f32], sources: &[Source]) -> (Vec<Evidence>, Vec<String>) {
+    /// The `top_k` evidence sentences for a claim, and the premises the NLI model reads for them
+    /// with the index of their passage.
+    fn evidence_for(&self, claim: &str, vector: &[f32], sources: &[Source]) -> (Vec<Evidence>, Vec<(String, usize)>) {
         let words = content_words(claim);
         let mut ranked: Vec<(usize, f32)> = self
             .passage_vectors
@@ -329,7 +341,7 @@ impl Retrieval {
                     Some(title) => format!("{title}. {}", self.passage_texts[i]),
                     None => self.passage_texts[i].clone(),
                 };
-                (evidence, premise)
+                (evidence, (premise, i))
             })
             .unzip()
     }

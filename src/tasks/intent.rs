@@ -19,7 +19,7 @@ use crate::model::classifier::SequenceClassifier;
 use crate::model::heads::{load_heads, softmax, DenseHead};
 use crate::model::EmbeddingModel;
 use crate::runtime::{Engine, EngineConfig, EngineError, Input, Want};
-use crate::tasks::embed::embed;
+use crate::tasks::embed::{embed, shared_encoder};
 use crate::text::offsets::{range_from_bytes, OffsetUnit};
 
 /// The labels, in the order of the head's outputs (IteraTeR's five intents, then `other`).
@@ -329,14 +329,7 @@ impl IntentModel {
         let raw = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let config: IntentConfig = serde_json::from_str(&raw).with_context(|| format!("parsing {}", path.display()))?;
         ensure!(config.labels == LABELS, "{} must list the labels {LABELS:?}", path.display());
-        let engine = match running.iter().find(|e| e.info().id == config.base_model) {
-            Some(shared) => shared.clone(),
-            None => {
-                let model = EmbeddingModel::load(&config.base_model, device, dtype)
-                    .with_context(|| format!("loading the intent model's encoder {}", config.base_model))?;
-                Engine::start(model, engine)?
-            }
-        };
+        let engine = shared_encoder(running, &config.base_model, device, dtype, engine)?;
         let weights = dir.join(&config.weights);
         let head = load_heads(&weights, &["heads.intent"])?.remove(0);
         let inputs = head_inputs(engine.info().dimensions);

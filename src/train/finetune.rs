@@ -107,6 +107,16 @@ pub struct DataFile {
     pub rows: Option<usize>,
 }
 
+impl DataFile {
+    /// The data set's name in reports: its folder (`…/rte/dev.jsonl` → `rte`).
+    pub fn name(&self) -> String {
+        self.path
+            .parent()
+            .and_then(|p| p.file_name())
+            .map_or_else(|| self.path.display().to_string(), |n| n.to_string_lossy().into_owned())
+    }
+}
+
 impl std::str::FromStr for DataFile {
     type Err = String;
 

@@ -6,3 +6,4 @@ pub mod logistic;
 pub mod merge;
 pub mod moderation;
 pub mod nli;
+pub mod nli_pair;

@@ -29,15 +29,21 @@ pub struct EpochReport {
 }
 
 impl EpochReport {
-    /// What selects the best epoch: the mean over dev files of macro-F1 and accuracy.
+    /// What selects the best epoch: see [`selection_score`].
     fn score(&self) -> f64 {
-        let values: Vec<f64> = self.dev.values().map(|s| (s.accuracy + s.macro_f1) / 2.0).collect();
-        values.iter().sum::<f64>() / values.len().max(1) as f64
+        selection_score(self.dev.values())
     }
 }
 
+/// What model choices on NLI data maximise: the mean over data files of the mean of accuracy
+/// and macro-F1.
+pub fn selection_score<'a>(files: impl Iterator<Item = &'a NliScores>) -> f64 {
+    let values: Vec<f64> = files.map(|s| (s.accuracy + s.macro_f1) / 2.0).collect();
+    values.iter().sum::<f64>() / values.len().max(1) as f64
+}
+
 /// Which of the 3 labels a row allows: one for 3-way rows, two for `not_entailment`.
-fn allowed(label: &str) -> Result<[f32; 3]> {
+pub fn allowed(label: &str) -> Result<[f32; 3]> {
     Ok(match label {
         "entailment" => [1.0, 0.0, 0.0],
         "neutral" => [0.0, 1.0, 0.0],
@@ -104,12 +110,7 @@ pub fn train(
     let mut devs: Vec<(String, Vec<Cached<NliRow>>)> = Vec::new();
     for file in dev_files {
         let rows = read_rows::<NliRow>(std::slice::from_ref(file), &mut rng)?;
-        let name = file
-            .path
-            .parent()
-            .and_then(|p| p.file_name())
-            .map_or_else(|| file.path.display().to_string(), |n| n.to_string_lossy().into_owned());
-        devs.push((name, rows.into_iter().map(encode).collect::<Result<_>>()?));
+        devs.push((file.name(), rows.into_iter().map(encode).collect::<Result<_>>()?));
     }
     ensure!(!train.is_empty(), "no training rows");
 
@@ -170,6 +171,7 @@ fn save(out: &Path, options: &FinetuneOptions, params: &Params) -> Result<()> {
         base_model: options.base_model.clone(),
         weights: weights.to_string(),
         labels: LABELS.iter().map(|l| l.to_string()).collect(),
+        pair_head: None,
     };
     std::fs::write(out.join(CONFIG_FILE), serde_json::to_string_pretty(&config)? + "\n")
         .with_context(|| format!("writing {}", out.join(CONFIG_FILE).display()))

@@ -1,0 +1,275 @@
+//! Trains the NLI pair head (see [`crate::tasks::nli`]): a softmax regression over the frozen
+//! sentence encoder's embeddings of premise and hypothesis and word-overlap features. Its L2
+//! penalty and class weighting are chosen by cross-validation on the training pairs. The weight that mixes it with
+//! the cross-encoder is then chosen on dev, like the cross-encoder's epoch: the cross-encoder
+//! has seen every training pair, so its outputs there are too confident to fit a mix on.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use indicatif::ProgressBar;
+use serde::Serialize;
+
+use super::finetune::{DataFile, Rng};
+use super::logistic::{self, Targets};
+use super::nli::{allowed, selection_score};
+use crate::eval::nli::{score, NliRow, NliScores};
+use crate::model::heads::{softmax, DenseHead};
+use crate::runtime::Engine;
+use crate::tasks::nli::{
+    embed_pairs, mix, pair_head_input, NliConfig, NliModel, PairHeadConfig, CONFIG_FILE, LABELS, LEXICAL_FEATURES,
+};
+
+/// Candidate L2 penalties (on the mean loss).
+const L2_GRID: [f32; 4] = [3e-5, 1e-4, 3e-4, 1e-3];
+/// Candidate class-weight powers: within each data file a pair weighs (its label's share of the
+/// file × labels)^−power, so 0 keeps each file's balance and 1 balances its labels fully (the
+/// rare refutations of Climate-FEVER count for macro-F1 as much as the common neutral pairs).
+const POWER_GRID: [f32; 2] = [0.0, 0.5];
+/// Candidate cross-encoder weights: 0, 0.1, …, 1.
+const MIX_STEPS: usize = 10;
+const WEIGHTS_FILE: &str = "pair.safetensors";
+
+/// The pairs of one data file, encoded for the pair head.
+pub struct DataSet {
+    pub name: String,
+    pub rows: Vec<NliRow>,
+    pub inputs: Vec<Vec<f32>>,
+}
+
+impl DataSet {
+    /// Encodes `rows` of data set `name` for the pair head with `encoder`, 64 pairs per call.
+    pub async fn encode(name: String, rows: Vec<NliRow>, encoder: &Engine, bar: &ProgressBar) -> Result<Self> {
+        let mut inputs = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(64) {
+            let pairs: Vec<(String, String)> =
+                chunk.iter().map(|r| (r.premise.clone(), r.hypothesis.clone())).collect();
+            for ((premise, hypothesis), (u, v)) in pairs.iter().zip(embed_pairs(encoder, &pairs).await?) {
+                inputs.push(pair_head_input(premise, hypothesis, &u, &v));
+            }
+            bar.inc(chunk.len() as u64);
+        }
+        Ok(Self { name, rows, inputs })
+    }
+
+    fn scores(&self, probs: &[[f32; 3]]) -> NliScores {
+        score(&self.rows.iter().collect::<Vec<_>>(), probs)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Candidate {
+    pub l2: f32,
+    pub class_weight_power: f32,
+    /// [`selection_score`] of the out-of-fold predictions, per training file and overall.
+    pub cv: BTreeMap<String, NliScores>,
+    pub cv_score: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MixCandidate {
+    pub cross_encoder_weight: f32,
+    pub dev: BTreeMap<String, NliScores>,
+    pub dev_score: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PairTrainReport {
+    pub encoder: String,
+    pub train_files: Vec<DataFile>,
+    pub dev_files: Vec<DataFile>,
+    pub train_rows: usize,
+    pub dev_rows: usize,
+    pub folds: usize,
+    pub seed: u64,
+    pub candidates: Vec<Candidate>,
+    pub l2: f32,
+    pub class_weight_power: f32,
+    pub mix_candidates: Vec<MixCandidate>,
+    pub cross_encoder_weight: f32,
+    /// Dev scores of the pair head alone, the cross-encoder alone and the mix shipped.
+    pub dev_pair_head: BTreeMap<String, NliScores>,
+    pub dev_cross_encoder: BTreeMap<String, NliScores>,
+    pub dev: BTreeMap<String, NliScores>,
+}
+
+/// Fits the pair head on `pairs` (data file index, row index) of `sets` with penalty `l2` and
+/// class weights of `power` (see [`POWER_GRID`]).
+pub fn fit(sets: &[DataSet], pairs: &[(usize, usize)], l2: f32, power: f32) -> Result<DenseHead> {
+    ensure!(!pairs.is_empty(), "no training pairs");
+    let mut counts: Vec<BTreeMap<&str, usize>> = vec![BTreeMap::new(); sets.len()];
+    for &(f, i) in pairs {
+        *counts[f].entry(sets[f].rows[i].label.as_str()).or_default() += 1;
+    }
+    let raw: Vec<f32> = pairs
+        .iter()
+        .map(|&(f, i)| {
+            let total: usize = counts[f].values().sum();
+            let share = counts[f][sets[f].rows[i].label.as_str()] as f32 / total as f32;
+            (share * counts[f].len() as f32).powf(-power)
+        })
+        .collect();
+    let mean = raw.iter().sum::<f32>() / raw.len() as f32;
+    let weights: Vec<f32> = raw.iter().map(|w| w / mean).collect();
+    let mask: Vec<f32> =
+        pairs.iter().map(|&(f, i)| allowed(&sets[f].rows[i].label)).collect::<Result<Vec<_>>>()?.concat();
+    let inputs: Vec<&[f32]> = pairs.iter().map(|&(f, i)| sets[f].inputs[i].as_slice()).collect();
+    let scaled_from = inputs[0].len().saturating_sub(LEXICAL_FEATURES);
+    logistic::fit_softmax(&inputs, scaled_from, Targets::Allowed { mask, weights }, LABELS.len(), l2)
+}
+
+fn probabilities(head: &DenseHead, inputs: &[Vec<f32>]) -> Vec<[f32; 3]> {
+    inputs
+        .iter()
+        .map(|x| {
+            let p = softmax(&head.apply(x));
+            [p[0], p[1], p[2]]
+        })
+        .collect()
+}
+
+/// Chooses the L2 penalty and class weighting by `folds`-fold cross-validation over all
+/// training pairs (seeded split) and refits on all of them.
+pub fn train_head(
+    train: &[DataSet],
+    folds: usize,
+    seed: u64,
+    bar: &ProgressBar,
+) -> Result<(DenseHead, Vec<Candidate>, Candidate)> {
+    let all: Vec<(usize, usize)> =
+        train.iter().enumerate().flat_map(|(f, set)| (0..set.rows.len()).map(move |i| (f, i))).collect();
+    ensure!(folds >= 2 && all.len() >= folds, "need at least {folds} training pairs for {folds} folds");
+    let mut order: Vec<usize> = (0..all.len()).collect();
+    Rng::new(seed).shuffle(&mut order);
+    let mut fold_of = vec![0usize; all.len()];
+    for (rank, &i) in order.iter().enumerate() {
+        fold_of[i] = rank % folds;
+    }
+    bar.set_length((L2_GRID.len() * POWER_GRID.len() * folds) as u64);
+    bar.set_position(0);
+    bar.set_message("cross-validation");
+    let mut candidates = Vec::new();
+    for &l2 in &L2_GRID {
+        for &power in &POWER_GRID {
+            let mut held_out: Vec<Vec<[f32; 3]>> = train.iter().map(|set| vec![[0.0; 3]; set.rows.len()]).collect();
+            for fold in 0..folds {
+                let part = |inside: bool| -> Vec<(usize, usize)> {
+                    all.iter().zip(&fold_of).filter(|(_, &k)| (k == fold) == inside).map(|(&p, _)| p).collect()
+                };
+                let head = fit(train, &part(false), l2, power)?;
+                for (f, i) in part(true) {
+                    let p = softmax(&head.apply(&train[f].inputs[i]));
+                    held_out[f][i] = [p[0], p[1], p[2]];
+                }
+                bar.inc(1);
+            }
+            let cv: BTreeMap<String, NliScores> =
+                train.iter().zip(&held_out).map(|(set, probs)| (set.name.clone(), set.scores(probs))).collect();
+            let cv_score = selection_score(cv.values());
+            candidates.push(Candidate { l2, class_weight_power: power, cv, cv_score });
+        }
+    }
+    let chosen = candidates.iter().max_by(|a, b| a.cv_score.total_cmp(&b.cv_score)).context("no candidates")?.clone();
+    Ok((fit(train, &all, chosen.l2, chosen.class_weight_power)?, candidates, chosen))
+}
+
+/// A dev set with the cross-encoder's and the pair head's probabilities of its pairs.
+pub struct Judged<'a> {
+    pub set: &'a DataSet,
+    pub cross_encoder: Vec<[f32; 3]>,
+    pub pair_head: Vec<[f32; 3]>,
+}
+
+/// Scores every cross-encoder weight of the grid on `dev` and returns the best weight with all
+/// candidates.
+pub fn choose_mix(dev: &[Judged]) -> (f32, Vec<MixCandidate>) {
+    let candidates: Vec<MixCandidate> = (0..=MIX_STEPS)
+        .map(|step| {
+            let weight = step as f32 / MIX_STEPS as f32;
+            let scores: BTreeMap<String, NliScores> = dev
+                .iter()
+                .map(|judged| {
+                    let mixed: Vec<[f32; 3]> =
+                        judged.cross_encoder.iter().zip(&judged.pair_head).map(|(&c, &p)| mix(c, p, weight)).collect();
+                    (judged.set.name.clone(), judged.set.scores(&mixed))
+                })
+                .collect();
+            MixCandidate { cross_encoder_weight: weight, dev_score: selection_score(scores.values()), dev: scores }
+        })
+        .collect();
+    let best =
+        candidates.iter().max_by(|a, b| a.dev_score.total_cmp(&b.dev_score)).map_or(1.0, |c| c.cross_encoder_weight);
+    (best, candidates)
+}
+
+/// Trains the pair head for the NLI model folder `out` (which holds the cross-encoder), picks
+/// its mix on `dev` and adds both to the folder.
+#[allow(clippy::too_many_arguments)]
+pub async fn train(
+    encoder: &Engine,
+    cross_encoder: &NliModel,
+    (train_files, train): (&[DataFile], Vec<DataSet>),
+    (dev_files, dev): (&[DataFile], Vec<DataSet>),
+    folds: usize,
+    seed: u64,
+    out: &Path,
+    bar: &ProgressBar,
+) -> Result<PairTrainReport> {
+    bar.set_length(dev.iter().map(|s| s.rows.len() as u64).sum());
+    bar.set_position(0);
+    bar.set_message("cross-encoder on dev");
+    let mut cross = Vec::new();
+    for set in &dev {
+        let mut probs = Vec::with_capacity(set.rows.len());
+        for chunk in set.rows.chunks(32) {
+            let pairs: Vec<(String, String)> =
+                chunk.iter().map(|r| (r.premise.clone(), r.hypothesis.clone())).collect();
+            probs.extend(cross_encoder.cross_encoder_probabilities(&pairs).await?);
+            bar.inc(chunk.len() as u64);
+        }
+        cross.push(probs);
+    }
+    let (head, candidates, chosen) = train_head(&train, folds, seed, bar)?;
+    let judged: Vec<Judged> = dev
+        .iter()
+        .zip(cross)
+        .map(|(set, cross_encoder)| Judged { set, cross_encoder, pair_head: probabilities(&head, &set.inputs) })
+        .collect();
+    let (weight, mix_candidates) = choose_mix(&judged);
+    let scores_at = |w: f32| -> BTreeMap<String, NliScores> {
+        mix_candidates.iter().find(|c| c.cross_encoder_weight == w).map(|c| c.dev.clone()).unwrap_or_default()
+    };
+    save(out, &encoder.info().id, &head, weight)?;
+    Ok(PairTrainReport {
+        encoder: encoder.info().id.clone(),
+        train_files: train_files.to_vec(),
+        dev_files: dev_files.to_vec(),
+        train_rows: train.iter().map(|s| s.rows.len()).sum(),
+        dev_rows: dev.iter().map(|s| s.rows.len()).sum(),
+        folds,
+        seed,
+        candidates,
+        l2: chosen.l2,
+        class_weight_power: chosen.class_weight_power,
+        dev_pair_head: scores_at(0.0),
+        dev_cross_encoder: scores_at(1.0),
+        dev: scores_at(weight),
+        mix_candidates,
+        cross_encoder_weight: weight,
+    })
+}
+
+/// Writes the head to `pair.safetensors` in `out` and names it, with its mix, in `nli.json`.
+fn save(out: &Path, encoder: &str, head: &DenseHead, cross_encoder_weight: f32) -> Result<()> {
+    let config_path = out.join(CONFIG_FILE);
+    let raw = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
+    let mut config: NliConfig =
+        serde_json::from_str(&raw).with_context(|| format!("parsing {}", config_path.display()))?;
+    candle_core::safetensors::save(&head.to_tensors("heads.pair")?, out.join(WEIGHTS_FILE))
+        .with_context(|| format!("writing {}", out.join(WEIGHTS_FILE).display()))?;
+    config.pair_head =
+        Some(PairHeadConfig { weights: WEIGHTS_FILE.to_string(), encoder: encoder.to_string(), cross_encoder_weight });
+    std::fs::write(&config_path, serde_json::to_string_pretty(&config)? + "\n")
+        .with_context(|| format!("writing {}", config_path.display()))
+}
