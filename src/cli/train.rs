@@ -214,15 +214,15 @@ pub fn run(command: TrainCommand) -> Result<ExitCode> {
                 let rows: u64 = train_sets.iter().chain(&dev_sets).map(|(_, r)| r.len() as u64).sum();
                 bar.set_length(rows);
                 bar.set_message("encoding pairs");
-                let mut encode = Vec::new();
+                let mut train_encoded = Vec::new();
                 for (name, rows) in train_sets.into_iter().chain(dev_sets) {
-                    encode.push(train::nli_pair::DataSet::encode(name, rows, &engine, &bar).await?);
+                    train_encoded.push(train::nli_pair::DataSet::encode(name, rows, &engine, &bar).await?);
                 }
-                let dev = encode.split_off(files.data.len());
+                let dev = train_encoded.split_off(files.data.len());
                 train::nli_pair::train(
                     &engine,
                     &cross_encoder,
-                    (&files.data, encode),
+                    (&files.data, train_encoded),
                     (&files.dev, dev),
                     args.folds,
                     args.seed,
