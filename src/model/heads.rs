@@ -79,6 +79,19 @@ pub fn load_heads(path: &std::path::Path, prefixes: &[&str]) -> Result<Vec<Dense
         .collect()
 }
 
+/// Loads head `prefix` from a safetensors file and checks it maps `inputs` values to `outputs`.
+pub fn load_head(path: &std::path::Path, prefix: &str, outputs: usize, inputs: usize) -> Result<DenseHead> {
+    let head = load_heads(path, &[prefix])?.remove(0);
+    ensure!(
+        head.outputs() == outputs && head.inputs() == inputs,
+        "{prefix} in {} must be {outputs}×{inputs}, not {}×{}",
+        path.display(),
+        head.outputs(),
+        head.inputs()
+    );
+    Ok(head)
+}
+
 pub fn softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exps: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use similar::{ChangeTag, TextDiff};
 
 use crate::model::classifier::SequenceClassifier;
-use crate::model::heads::{load_heads, softmax, DenseHead};
+use crate::model::heads::{load_head, softmax, DenseHead};
 use crate::model::EmbeddingModel;
 use crate::runtime::{Engine, EngineConfig, EngineError, Input, Want};
 use crate::tasks::embed::{embed, shared_encoder};
@@ -331,14 +331,7 @@ impl IntentModel {
         ensure!(config.labels == LABELS, "{} must list the labels {LABELS:?}", path.display());
         let engine = shared_encoder(running, &config.base_model, device, dtype, engine)?;
         let weights = dir.join(&config.weights);
-        let head = load_heads(&weights, &["heads.intent"])?.remove(0);
-        let inputs = head_inputs(engine.info().dimensions);
-        ensure!(
-            head.outputs() == LABELS.len() && head.inputs() == inputs,
-            "heads.intent in {} must be {}×{inputs}",
-            weights.display(),
-            LABELS.len()
-        );
+        let head = load_head(&weights, "heads.intent", LABELS.len(), head_inputs(engine.info().dimensions))?;
         let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
         Ok(Self { engine, kind: Kind::Concord { head }, id: format!("concord/{name}") })
     }

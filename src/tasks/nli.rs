@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use unicode_segmentation::UnicodeSegmentation;
 
 use crate::model::classifier::SequenceClassifier;
-use crate::model::heads::{load_heads, softmax, DenseHead};
+use crate::model::heads::{load_head, softmax, DenseHead};
 use crate::model::EmbeddingModel;
 use crate::runtime::{Engine, EngineConfig, EngineError, Input, Want};
 use crate::tasks::embed::{embed, shared_encoder};
@@ -211,13 +211,7 @@ impl NliModel {
         let model =
             EmbeddingModel::load_with_overrides(&config.base_model, std::slice::from_ref(&weights), device, dtype)
                 .with_context(|| format!("loading the NLI encoder ({} + {})", config.base_model, weights.display()))?;
-        let head = load_heads(&weights, &["heads.nli"])?.remove(0);
-        ensure!(
-            head.outputs() == LABELS.len() && head.inputs() == model.info.dimensions,
-            "heads.nli must be {}×{}",
-            LABELS.len(),
-            model.info.dimensions
-        );
+        let head = load_head(&weights, "heads.nli", LABELS.len(), model.info.dimensions)?;
         let pair = match &config.pair_head {
             Some(pair) => Some(PairHead::load(dir, pair, running, device, dtype, engine.clone())?),
             None => None,
@@ -348,14 +342,7 @@ impl PairHead {
         );
         let encoder = shared_encoder(running, &config.encoder, device, dtype, engine)?;
         let weights = dir.join(&config.weights);
-        let head = load_heads(&weights, &["heads.pair"])?.remove(0);
-        let inputs = pair_head_inputs(encoder.info().dimensions);
-        ensure!(
-            head.outputs() == LABELS.len() && head.inputs() == inputs,
-            "heads.pair in {} must be {}×{inputs}",
-            weights.display(),
-            LABELS.len()
-        );
+        let head = load_head(&weights, "heads.pair", LABELS.len(), pair_head_inputs(encoder.info().dimensions))?;
         Ok(Self { head, encoder, cross_encoder_weight: config.cross_encoder_weight })
     }
 }

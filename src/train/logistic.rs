@@ -94,12 +94,11 @@ pub fn fit_softmax(
 ) -> Result<DenseHead> {
     ensure!(!rows.is_empty() && classes > 0, "no examples to fit");
     let (n, inputs) = (rows.len(), rows[0].len());
-    let owned: Vec<Vec<f32>> = rows.iter().map(|r| r.to_vec()).collect();
-    let (mut mean, mut std) = standardize_stats(&owned);
+    let (mut mean, mut std) = standardize_stats(rows);
     mean[..scaled_from.min(inputs)].fill(0.0);
     std[..scaled_from.min(inputs)].fill(1.0);
     let standardized: Vec<f32> =
-        owned.iter().flat_map(|r| r.iter().zip(&mean).zip(&std).map(|((x, m), s)| (x - m) / s)).collect();
+        rows.iter().flat_map(|r| r.iter().zip(&mean).zip(&std).map(|((x, m), s)| (x - m) / s)).collect();
     let device = Device::Cpu;
     let x = Tensor::from_vec(standardized, (n, inputs), &device)?;
     let x_t = x.t()?.contiguous()?;
@@ -141,18 +140,18 @@ pub fn fit_softmax(
 }
 
 /// Standardisation statistics per feature (std floored so constant features stay finite).
-pub fn standardize_stats(rows: &[Vec<f32>]) -> (Vec<f32>, Vec<f32>) {
-    let dims = rows.first().map_or(0, Vec::len);
+pub fn standardize_stats<R: AsRef<[f32]>>(rows: &[R]) -> (Vec<f32>, Vec<f32>) {
+    let dims = rows.first().map_or(0, |r| r.as_ref().len());
     let n = rows.len().max(1) as f32;
     let mut mean = vec![0f32; dims];
     for row in rows {
-        for (m, x) in mean.iter_mut().zip(row) {
+        for (m, x) in mean.iter_mut().zip(row.as_ref()) {
             *m += x / n;
         }
     }
     let mut std = vec![0f32; dims];
     for row in rows {
-        for ((s, x), m) in std.iter_mut().zip(row).zip(&mean) {
+        for ((s, x), m) in std.iter_mut().zip(row.as_ref()).zip(&mean) {
             *s += (x - m).powi(2) / n;
         }
     }
