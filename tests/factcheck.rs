@@ -75,9 +75,8 @@ async fn check_paragraph() -> Value {
 }
 
 /// Known failure, kept visible: the default NLI model (below the issue's targets) labels the
-/// Eiffel claim not-enough-info and the Great Wall claim supported. Run with `--ignored`.
-#[tokio::test]
-#[ignore = "the default NLI model gets this paragraph's verdicts wrong (issue #4: NLI quality below target)"]
+/// Great Wall claim not-enough-info instead of refuted. Run with `--ignored`.
+#[ignore = "the default NLI model misses the Great Wall refutation (issue #4: NLI quality below target)"]
 async fn verdicts_match_the_sources() {
     let body = check_paragraph().await;
     assert_expected(verdicts(body["claims"].as_array().expect("claims")));

@@ -248,7 +248,8 @@ pub async fn check<'a>(
     let rest = claims.split_off(claims.len().min(1));
     let judge = |claims: Vec<(usize, Range<usize>)>| {
         let retrieval = Arc::clone(&retrieval);
-        futures::stream::once(async move { retrieval.judge(embedder, nli, text, sources, claims).await }).try_flatten()
+        futures::stream::once(async move { retrieval.judge(embedder, nli, cache, text, sources, claims).await })
+            .try_flatten()
     };
     Ok(judge(claims).chain(judge(rest)).boxed())
 }
@@ -264,10 +265,12 @@ struct Retrieval {
 
 impl Retrieval {
     /// Embeds `claims`, retrieves their evidence and returns one future per claim (run together).
+    #[allow(clippy::too_many_arguments)]
     async fn judge<'a>(
         self: Arc<Self>,
         embedder: &'a Engine,
         nli: &'a NliModel,
+        cache: &'a EmbeddingCache,
         text: &'a str,
         sources: &'a [Source],
         claims: Vec<(usize, Range<usize>)>,
@@ -282,19 +285,22 @@ impl Retrieval {
             .zip(claim_vectors)
             .map(|(((index, range), claim), vector)| {
                 let (candidates, premises) = self.evidence_for(&claim, &vector, sources);
-                let retrieval = Arc::clone(&self);
                 async move {
-                    let passages: Vec<usize> = premises.iter().map(|(_, passage)| *passage).collect();
-                    let pairs: Vec<(String, String)> =
-                        premises.into_iter().map(|(premise, _)| (premise, claim.clone())).collect();
-                    // The NLI pair head reads the same encoder's embeddings as retrieval: reuse them
-                    // (a passage's, without the title its premise carries) instead of encoding again.
+                    // The NLI pair head reads the same encoder's embeddings as retrieval: take the
+                    // premises' from the cache, where an untitled premise is its passage, already
+                    // embedded, and a titled one is embedded once.
                     let verdicts = if nli.pair_encoder().is_some_and(|e| e.info().id == embedder.info().id) {
-                        let vectors: Vec<(Vec<f32>, Vec<f32>)> =
-                            passages.iter().map(|&i| (retrieval.passage_vectors[i].clone(), vector.clone())).collect();
+                        let texts: Vec<&str> = premises.iter().map(String::as_str).collect();
+                        let vectors: Vec<(Vec<f32>, Vec<f32>)> = cache
+                            .embed(embedder, &texts)
+                            .await?
+                            .into_iter()
+                            .map(|premise| (premise, vector.clone()))
+                            .collect();
+                        let pairs = premises.into_iter().map(|premise| (premise, claim.clone())).collect();
                         nli.classify_embedded(pairs, &vectors).await?
                     } else {
-                        nli.classify(pairs).await?
+                        nli.classify(premises.into_iter().map(|premise| (premise, claim.clone())).collect()).await?
                     };
                     let evidence: Vec<Evidence> = candidates
                         .into_iter()
@@ -308,9 +314,8 @@ impl Retrieval {
             .collect())
     }
 
-    /// The `top_k` evidence sentences for a claim, and the premises the NLI model reads for them
-    /// with the index of their passage.
-    fn evidence_for(&self, claim: &str, vector: &[f32], sources: &[Source]) -> (Vec<Evidence>, Vec<(String, usize)>) {
+    /// The `top_k` evidence sentences for a claim, and the premises the NLI model reads for them.
+    fn evidence_for(&self, claim: &str, vector: &[f32], sources: &[Source]) -> (Vec<Evidence>, Vec<String>) {
         let words = content_words(claim);
         let mut ranked: Vec<(usize, f32)> = self
             .passage_vectors
@@ -341,7 +346,7 @@ impl Retrieval {
                     Some(title) => format!("{title}. {}", self.passage_texts[i]),
                     None => self.passage_texts[i].clone(),
                 };
-                (evidence, (premise, i))
+                (evidence, premise)
             })
             .unzip()
     }
