@@ -345,3 +345,37 @@ fn a_setup_file_that_does_not_fit_its_models_is_refused_with_the_reason() {
         assert!(error.contains(reason), "{setup}: {error}");
     }
 }
+
+/// A binary used away from its source tree finds the shipped models under `CONCORD_MODELS_DIR`.
+#[test]
+fn shipped_models_are_found_under_concord_models_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("input.txt");
+    std::fs::write(&input, "you absolute idiot\n").expect("write");
+    let moderate = |models: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_concord"))
+            .env("CONCORD_MODELS_DIR", models)
+            .arg("moderate")
+            .arg(&input)
+            .output()
+            .expect("concord runs")
+    };
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).expect("mkdir");
+    let missing = moderate(&empty);
+    assert!(!missing.status.success(), "no moderation model under an empty CONCORD_MODELS_DIR");
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("CONCORD_MODELS_DIR"));
+
+    let moved = dir.path().join("moved");
+    std::fs::create_dir(&moved).expect("mkdir");
+    let shipped = std::path::Path::new(concord::tasks::moderate::DEFAULT_MODEL_DIR);
+    for entry in std::fs::read_dir(shipped).expect("models/moderation") {
+        let entry = entry.expect("entry");
+        std::fs::create_dir_all(moved.join("moderation")).expect("mkdir");
+        std::os::unix::fs::symlink(entry.path(), moved.join("moderation").join(entry.file_name())).expect("link");
+    }
+    let found = moderate(&moved);
+    assert!(found.status.success(), "{}", String::from_utf8_lossy(&found.stderr));
+    let line: Value = serde_json::from_slice(&found.stdout).expect("JSON line");
+    assert_eq!(line["categories"]["offensive"], true, "{line}");
+}

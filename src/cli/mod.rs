@@ -18,7 +18,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use concord::model::{device, source::DEFAULT_MODEL, EmbeddingModel};
+use concord::model::source::{self, DEFAULT_MODEL};
+use concord::model::{device, EmbeddingModel};
 use concord::runtime::{BatchLimits, Engine, EngineConfig, Models};
 use concord::server::{self, AppState, Limits};
 use concord::tasks::intent::{IntentModel, CONFIG_FILE as INTENT_CONFIG, DEFAULT_MODEL_DIR as DEFAULT_INTENT_DIR};
@@ -224,18 +225,22 @@ impl IntentModelArgs {
     }
 }
 
-/// The folder a task model flag names: `none` → no model; unset → the committed default,
-/// when it is there (a warning otherwise).
+/// The folder a task model flag names: `none` → no model; unset → the committed default
+/// (moved by `CONCORD_MODELS_DIR`), when it is there (a warning otherwise).
 fn task_model_dir(flag: Option<&str>, default_dir: &str, config_file: &str) -> Option<PathBuf> {
     match flag {
         Some("none") => None,
         Some(dir) => Some(PathBuf::from(dir)),
         None => {
-            let dir = PathBuf::from(default_dir);
+            let dir = source::shipped_model_dir(default_dir);
             if dir.join(config_file).is_file() {
                 Some(dir)
             } else {
-                tracing::warn!(dir = %dir.display(), "no default {config_file} model; its route is off");
+                tracing::warn!(
+                    dir = %dir.display(),
+                    "no default {config_file} model (set CONCORD_MODELS_DIR to the models/ folder of Concord's \
+                     source); its route is off"
+                );
                 None
             }
         }

@@ -25,6 +25,17 @@ pub fn concord_home() -> PathBuf {
     home.join(".cache").join("concord")
 }
 
+/// The folder of a model Concord ships, `built_in` being where it was in the source tree at
+/// build time: `$CONCORD_MODELS_DIR/<its folder name>` when that variable is set (a binary
+/// installed away from its source tree), else `built_in`.
+pub fn shipped_model_dir(built_in: &str) -> PathBuf {
+    let built_in = PathBuf::from(built_in);
+    match (std::env::var_os("CONCORD_MODELS_DIR"), built_in.file_name()) {
+        (Some(root), Some(name)) => PathBuf::from(root).join(name),
+        _ => built_in,
+    }
+}
+
 /// Where Concord's own cache keeps a hub id's folder.
 pub fn concord_cache_dir(model_id: &str) -> PathBuf {
     concord_home().join("models").join(model_id)
