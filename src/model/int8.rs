@@ -160,7 +160,7 @@ impl tiles::TiledLinear for Int8Linear {
         (self.inputs, self.outputs)
     }
 
-    fn run(&self, xs: &[f32], rows: usize, out: &mut [f32]) {
+    fn run(&self, xs: &[f32], rows: usize, out: &mut [std::mem::MaybeUninit<f32>]) {
         let activations = quantize_rows(xs, rows, self.inputs, self.padded_inputs);
         let blocks = self.scales.len() / LANES;
         tiles::for_each_tile(rows, blocks, self.isa.tile(), out, |row, rows, block, blocks, out| {

@@ -97,7 +97,7 @@ impl tiles::TiledLinear for PackedLinear {
         (self.inputs, self.outputs)
     }
 
-    fn run(&self, xs: &[f32], rows: usize, out: &mut [f32]) {
+    fn run(&self, xs: &[f32], rows: usize, out: &mut [std::mem::MaybeUninit<f32>]) {
         let blocks = self.bias.len() / LANES;
         tiles::for_each_tile(rows, blocks, self.isa.tile(), out, |row, rows, block, blocks, out| {
             #[cfg(target_arch = "x86_64")]
