@@ -289,18 +289,19 @@ impl Retrieval {
                     // The NLI pair head reads the same encoder's embeddings as retrieval: take the
                     // premises' from the cache, where an untitled premise is its passage, already
                     // embedded, and a titled one is embedded once.
+                    let pairs: Vec<(String, String)> =
+                        premises.into_iter().map(|premise| (premise, claim.clone())).collect();
                     let verdicts = if nli.pair_encoder().is_some_and(|e| e.info().id == embedder.info().id) {
-                        let texts: Vec<&str> = premises.iter().map(String::as_str).collect();
+                        let texts: Vec<&str> = pairs.iter().map(|(premise, _)| premise.as_str()).collect();
                         let vectors: Vec<(Vec<f32>, Vec<f32>)> = cache
                             .embed(embedder, &texts)
                             .await?
                             .into_iter()
                             .map(|premise| (premise, vector.clone()))
                             .collect();
-                        let pairs = premises.into_iter().map(|premise| (premise, claim.clone())).collect();
                         nli.classify_embedded(pairs, &vectors).await?
                     } else {
-                        nli.classify(premises.into_iter().map(|premise| (premise, claim.clone())).collect()).await?
+                        nli.classify(pairs).await?
                     };
                     let evidence: Vec<Evidence> = candidates
                         .into_iter()
