@@ -15,7 +15,7 @@ use concord::model::device;
 use concord::model::source::DEFAULT_MODEL;
 use concord::tasks::nli::NliModel;
 use concord::train;
-use concord::train::finetune::{read_rows, DataFile, FinetuneOptions, Rng};
+use concord::train::finetune::{read_rows, DataFile, DataSummary, FinetuneOptions, Rng};
 
 #[derive(Args)]
 pub struct TrainMergeArgs {
@@ -181,10 +181,7 @@ pub fn run(command: TrainCommand) -> Result<ExitCode> {
             train::intent::save(&files.out, &base_model, &head)?;
             let report = train::intent::IntentTrainReport {
                 base_model,
-                train_files: files.data.clone(),
-                dev_files: files.dev.clone(),
-                train_rows: train_set.len(),
-                dev_rows: dev_set.len(),
+                data: DataSummary::new((&files.data, &files.dev), (train_set.len(), dev_set.len())),
                 folds: args.folds,
                 seed: args.seed,
                 candidates,

@@ -41,13 +41,27 @@ pub struct FinetuneOptions {
 #[derive(Debug, Serialize)]
 pub struct TrainReport<E> {
     pub options: FinetuneOptions,
+    #[serde(flatten)]
+    pub data: DataSummary,
+    pub trainable_parameters: usize,
+    pub epochs: Vec<E>,
+    pub best_epoch: usize,
+}
+
+/// The data a training run read, as every training report lists it (its fields appear at the
+/// top level of the report's JSON).
+#[derive(Debug, Serialize)]
+pub struct DataSummary {
     pub train_files: Vec<DataFile>,
     pub dev_files: Vec<DataFile>,
     pub train_rows: usize,
     pub dev_rows: usize,
-    pub trainable_parameters: usize,
-    pub epochs: Vec<E>,
-    pub best_epoch: usize,
+}
+
+impl DataSummary {
+    pub fn new((train_files, dev_files): (&[DataFile], &[DataFile]), (train_rows, dev_rows): (usize, usize)) -> Self {
+        Self { train_files: train_files.to_vec(), dev_files: dev_files.to_vec(), train_rows, dev_rows }
+    }
 }
 
 /// The frozen base model a run starts from, with a tokenizer cut at the training length.
@@ -193,10 +207,7 @@ impl<E> TrainReport<E> {
     ) -> Self {
         Self {
             options: options.clone(),
-            train_files: files.0.to_vec(),
-            dev_files: files.1.to_vec(),
-            train_rows: rows.0,
-            dev_rows: rows.1,
+            data: DataSummary::new(files, rows),
             trainable_parameters: params.count(),
             epochs,
             best_epoch,
@@ -597,6 +608,36 @@ pub fn masked_bce(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Te
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The report's JSON keeps the layout of the committed `metrics.json` files.
+    #[test]
+    fn reports_keep_the_committed_metrics_layout() -> Result<()> {
+        let options = FinetuneOptions {
+            base_model: String::new(),
+            layers: 2,
+            epochs: 1,
+            batch_size: 1,
+            learning_rate: 0.0,
+            head_learning_rate: 0.0,
+            dropout: 0.0,
+            seed: 0,
+            max_tokens: 1,
+        };
+        let report = TrainReport {
+            options,
+            data: DataSummary::new((&[], &[]), (0, 0)),
+            trainable_parameters: 0,
+            epochs: Vec::<u8>::new(),
+            best_epoch: 0,
+        };
+        let top_level_keys = |json: &str| -> Vec<String> {
+            json.lines().filter_map(|l| l.strip_prefix("  \"")?.split('"').next().map(str::to_string)).collect()
+        };
+        let committed =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/models/moderation/metrics.json"))?;
+        assert_eq!(top_level_keys(&serde_json::to_string_pretty(&report)?), top_level_keys(&committed));
+        Ok(())
+    }
 
     #[test]
     fn masked_bce_matches_the_formula_and_ignores_masked_entries() -> Result<()> {

@@ -9,7 +9,7 @@ use anyhow::{ensure, Context, Result};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use super::finetune::{DataFile, Rng};
+use super::finetune::{DataSummary, Rng};
 use super::logistic;
 use crate::eval::intent::{score, IntentRow, IntentScores};
 use crate::model::heads::DenseHead;
@@ -56,10 +56,8 @@ pub struct Candidate {
 #[derive(Debug, Serialize)]
 pub struct IntentTrainReport {
     pub base_model: String,
-    pub train_files: Vec<DataFile>,
-    pub dev_files: Vec<DataFile>,
-    pub train_rows: usize,
-    pub dev_rows: usize,
+    #[serde(flatten)]
+    pub data: DataSummary,
     pub folds: usize,
     pub seed: u64,
     /// Every setting tried, with its cross-validated scores on the training edits.

@@ -11,7 +11,7 @@ use anyhow::{ensure, Context, Result};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use super::finetune::{DataFile, Rng};
+use super::finetune::{DataFile, DataSummary, Rng};
 use super::logistic::{self, Targets};
 use super::nli::{allowed, selection_score};
 use crate::eval::nli::{score, NliRow, NliScores};
@@ -77,10 +77,8 @@ pub struct MixCandidate {
 #[derive(Debug, Serialize)]
 pub struct PairTrainReport {
     pub encoder: String,
-    pub train_files: Vec<DataFile>,
-    pub dev_files: Vec<DataFile>,
-    pub train_rows: usize,
-    pub dev_rows: usize,
+    #[serde(flatten)]
+    pub data: DataSummary,
     pub folds: usize,
     pub seed: u64,
     pub candidates: Vec<Candidate>,
@@ -243,10 +241,10 @@ pub async fn train(
     save(out, &encoder.info().id, &head, weight)?;
     Ok(PairTrainReport {
         encoder: encoder.info().id.clone(),
-        train_files: train_files.to_vec(),
-        dev_files: dev_files.to_vec(),
-        train_rows: train.iter().map(|s| s.rows.len()).sum(),
-        dev_rows: dev.iter().map(|s| s.rows.len()).sum(),
+        data: DataSummary::new(
+            (train_files, dev_files),
+            (train.iter().map(|s| s.rows.len()).sum(), dev.iter().map(|s| s.rows.len()).sum()),
+        ),
         folds,
         seed,
         candidates,
