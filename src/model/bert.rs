@@ -6,10 +6,9 @@
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
-use rayon::prelude::*;
 use serde::Deserialize;
 
-use super::{int8, kernels, packed};
+use super::{attention, int8, kernels, packed};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -171,17 +170,16 @@ impl SelfAttention {
     fn forward(&self, xs: &Tensor, lengths: &[usize]) -> Result<Tensor> {
         let (_, h) = xs.dims2()?;
         let qkv = self.qkv.forward(xs)?;
+        if attention::supported(&qkv) {
+            let context = attention::packed(&qkv, lengths, self.num_heads)?;
+            return self.add_norm.forward(&self.output.forward(&context)?, xs);
+        }
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        // Runs of equal length share one batched attention; the batcher sorts by length, so
-        // most batches are a few runs. Runs are independent and each is a chain of small ops
-        // that candle runs on one thread, so on the CPU they go to rayon's pool side by side.
-        let mut runs = Vec::new();
+        // On GPUs: candle's ops, one batched attention per run of equal lengths (the batcher
+        // sorts by length, so most batches are a few runs).
+        let mut contexts = Vec::new();
         let mut start = 0;
         for (length, count) in equal_length_runs(lengths) {
-            runs.push((start, length, count));
-            start += length * count;
-        }
-        let attend = |&(start, length, count): &(usize, usize, usize)| -> Result<Tensor> {
             let tokens = length * count;
             let run = qkv
                 .narrow(0, start, tokens)?
@@ -191,13 +189,9 @@ impl SelfAttention {
             let k = run.get(1)?.contiguous()?;
             let v = run.get(2)?.contiguous()?;
             let probs = kernels::softmax_last_dim(&q.matmul(&k.t()?)?)?;
-            probs.matmul(&v)?.transpose(1, 2)?.reshape((tokens, h))
-        };
-        let mut contexts = if xs.device().is_cpu() && runs.len() > 1 {
-            runs.par_iter().map(attend).collect::<Result<Vec<_>>>()?
-        } else {
-            runs.iter().map(attend).collect::<Result<Vec<_>>>()?
-        };
+            contexts.push(probs.matmul(&v)?.transpose(1, 2)?.reshape((tokens, h))?);
+            start += tokens;
+        }
         let context = if contexts.len() == 1 { contexts.remove(0) } else { Tensor::cat(&contexts, 0)? };
         self.add_norm.forward(&self.output.forward(&context)?, xs)
     }

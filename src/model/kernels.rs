@@ -37,6 +37,7 @@ macro_rules! dispatch {
         $generic($($arg),*)
     }};
 }
+pub(crate) use dispatch;
 
 /// `0.5·x·(1 + erf(x/√2))`; candle's `gelu_erf` elsewhere.
 pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
@@ -113,11 +114,11 @@ struct FusedAddNorm {
 /// Lanes of the partial sums and maxima below. A plain `sum += x` loop is a chain LLVM must
 /// keep in order (float addition is not associative), so it ran one scalar at a time; one
 /// accumulator per lane lets it use whole vector registers.
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 
 /// The sum of `term(x)` over `values`.
 #[inline(always)]
-fn lane_sum(values: &[f32], term: impl Fn(f32) -> f32) -> f32 {
+pub(crate) fn lane_sum(values: &[f32], term: impl Fn(f32) -> f32) -> f32 {
     let mut lanes = [0f32; LANES];
     let chunks = values.chunks_exact(LANES);
     let tail: f32 = chunks.remainder().iter().map(|&x| term(x)).sum();
@@ -128,7 +129,7 @@ fn lane_sum(values: &[f32], term: impl Fn(f32) -> f32) -> f32 {
 }
 
 #[inline(always)]
-fn lane_max(values: &[f32]) -> f32 {
+pub(crate) fn lane_max(values: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let chunks = values.chunks_exact(LANES);
     let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -181,7 +182,7 @@ impl CustomOp2 for FusedAddNorm {
 
 /// e^x for x ≤ 0 (larger inputs are clamped at 0): relative error below 3e-7.
 #[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
+pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     let x = x.clamp(-87.0, 0.0);
     // x = n·ln2 + r with |r| ≤ ln2/2; e^x = 2^n · e^r.
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();

@@ -1,6 +1,7 @@
 //! Models: where they come from ([`source`]), the encoders ([`encoder`], [`bert`]), how token
 //! states become one vector ([`Pooling`]), and the device they run on ([`device`]).
 
+pub mod attention;
 pub mod bert;
 pub mod classifier;
 pub mod delta;

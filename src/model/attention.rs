@@ -1,0 +1,226 @@
+//! Self-attention on the CPU over sequences packed end to end, read straight from the fused
+//! query/key/value projection.
+//!
+//! candle's path for this is a dozen small ops per layer: three permuted copies of q, k and v,
+//! a scale, two batched matmuls, a softmax and a transposed copy back, all on one thread for a
+//! single sentence while the other cores wait (7-8 % of a one-sentence profile,
+//! benches/RESULTS.md). Here each parallel task takes a block of query rows of one sequence and
+//! writes their context vectors, every head, straight into the `[tokens, hidden]` output.
+
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::kernels::{dispatch, exp_nonpositive, lane_max, lane_sum, LANES};
+
+/// Multiply-adds per parallel task: enough to outweigh handing it to another thread, few
+/// enough that one short sentence still spreads over two or more cores.
+const TASK_MULTIPLY_ADDS: usize = 64 * 1024;
+
+/// `softmax(q·kᵀ/√d)·v` per head for each sequence of `lengths` in `qkv`
+/// (`[tokens, 3 · hidden]`: queries, keys, values, each `heads` blocks of `hidden / heads`).
+/// Returns `[tokens, hidden]`. CPU f32 only; [`supported`] says when it applies.
+pub fn packed(qkv: &Tensor, lengths: &[usize], heads: usize) -> Result<Tensor> {
+    qkv.contiguous()?.apply_op1_no_bwd(&PackedAttention { lengths: lengths.to_vec(), heads })
+}
+
+/// True when [`packed`] can run on `xs`.
+pub fn supported(xs: &Tensor) -> bool {
+    xs.device().is_cpu() && xs.dtype() == DType::F32
+}
+
+struct PackedAttention {
+    lengths: Vec<usize>,
+    heads: usize,
+}
+
+/// A block of query rows of one sequence, and the output rows it writes.
+struct Task<'a> {
+    /// The sequence's rows of q, k, v.
+    tokens: &'a [f32],
+    /// Its keys, as [`transpose_keys`] lays them out.
+    keys: &'a [f32],
+    /// The block's first query, counted from the sequence's start.
+    first_query: usize,
+    out: &'a mut [f32],
+}
+
+impl CustomOp1 for PackedAttention {
+    fn name(&self) -> &'static str {
+        "concord-packed-attention"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else { bail!("attention expects f32 activations") };
+        let Some((start, end)) = layout.contiguous_offsets() else { bail!("attention needs contiguous input") };
+        let qkv = &data[start..end];
+        let (tokens, width) = layout.shape().dims2()?;
+        let hidden = width / 3;
+        if width % 3 != 0 || self.heads == 0 || hidden % self.heads != 0 {
+            bail!("attention: {width} values per token do not split into q, k, v of {} heads", self.heads);
+        }
+        if self.lengths.iter().sum::<usize>() != tokens {
+            bail!("attention: sequence lengths {:?} do not add up to {tokens} tokens", self.lengths);
+        }
+        let heads = Heads { hidden, head_dim: hidden / self.heads };
+        // Each sequence's keys, transposed once for all its query blocks.
+        let mut keys = vec![0f32; self.lengths.iter().map(|&len| padded(len) * hidden).sum()];
+        let mut sequences = Vec::with_capacity(self.lengths.len());
+        let (mut rest, mut sequence_start) = (keys.as_mut_slice(), 0);
+        for &len in &self.lengths {
+            let (keys, tail) = std::mem::take(&mut rest).split_at_mut(padded(len) * hidden);
+            let tokens = &qkv[sequence_start * width..(sequence_start + len) * width];
+            sequences.push((tokens, keys));
+            rest = tail;
+            sequence_start += len;
+        }
+        sequences.par_iter_mut().for_each(|(tokens, keys)| transpose_keys(tokens, &heads, keys));
+
+        let mut out = vec![0f32; tokens * hidden];
+        let mut tasks = Vec::new();
+        let mut rest = out.as_mut_slice();
+        for &(tokens, ref keys) in &sequences {
+            let len = tokens.len() / width;
+            let rows_per_task = TASK_MULTIPLY_ADDS.div_ceil(2 * len * hidden).max(1);
+            let mut first_query = 0;
+            while first_query < len {
+                let rows = rows_per_task.min(len - first_query);
+                let (block, tail) = std::mem::take(&mut rest).split_at_mut(rows * hidden);
+                tasks.push(Task { tokens, keys: &keys[..], first_query, out: block });
+                rest = tail;
+                first_query += rows;
+            }
+        }
+        tasks.into_par_iter().for_each(|task| attend(&heads, task));
+        Ok((CpuStorage::F32(out), Shape::from((tokens, hidden))))
+    }
+}
+
+/// Keys per head are stored for whole blocks of [`LANES`] tokens, the padding zero, so the
+/// score loops run on full vectors.
+fn padded(len: usize) -> usize {
+    len.next_multiple_of(LANES)
+}
+
+/// The width of a token's hidden state and of one head's share of it.
+#[derive(Clone, Copy)]
+struct Heads {
+    hidden: usize,
+    head_dim: usize,
+}
+
+/// `keys`: `[head][head_dim][padded(len)]` from the key part of `tokens` (`len` rows of q, k, v).
+fn transpose_keys(tokens: &[f32], heads: &Heads, keys: &mut [f32]) {
+    let Heads { hidden, .. } = *heads;
+    let stride = keys.len() / hidden;
+    for (j, token) in tokens.chunks_exact(3 * hidden).enumerate() {
+        for (channel, &k) in token[hidden..2 * hidden].iter().enumerate() {
+            keys[channel * stride + j] = k;
+        }
+    }
+}
+
+fn attend(heads: &Heads, task: Task) {
+    let mut scores = vec![0f32; task.keys.len() / heads.hidden];
+    attend_rows(heads, task, &mut scores)
+}
+
+fn attend_rows(heads: &Heads, task: Task, scores: &mut [f32]) {
+    dispatch!(attend_rows_generic(heads: &Heads, task: Task, scores: &mut [f32]))
+}
+
+/// For each head and query: scores as `head_dim` vector-wide multiply-adds over the transposed
+/// keys (instead of one dot product per key, each ending in a horizontal sum), softmax over the
+/// real keys, then the weighted sum of value rows.
+#[inline(always)]
+fn attend_rows_generic(heads: &Heads, task: Task, scores: &mut [f32]) {
+    let Heads { hidden, head_dim } = *heads;
+    let Task { tokens, keys, first_query, out } = task;
+    let row_width = 3 * hidden;
+    let stride = scores.len();
+    let len = tokens.len() / row_width;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    for head in (0..hidden).step_by(head_dim) {
+        let head_keys = &keys[head * stride..(head + head_dim) * stride];
+        for (i, out_row) in out.chunks_exact_mut(hidden).enumerate() {
+            let query = &tokens[(first_query + i) * row_width + head..][..head_dim];
+            // Accumulated in locals: LLVM cannot tell that `scores` and `keys` do not overlap,
+            // and kept each store in place, one lane at a time.
+            for (block, scores) in scores.as_chunks_mut::<LANES>().0.iter_mut().enumerate() {
+                let mut sums = [0f32; LANES];
+                for (&q, keys) in query.iter().zip(head_keys.chunks_exact(stride)) {
+                    let keys = &keys.as_chunks::<LANES>().0[block];
+                    sums.iter_mut().zip(keys).for_each(|(s, &k)| *s += q * k);
+                }
+                *scores = sums;
+            }
+            let scores = &mut scores[..len];
+            let max = lane_max(scores) * scale;
+            scores.iter_mut().for_each(|s| *s = exp_nonpositive(*s * scale - max));
+            let inv = 1.0 / lane_sum(scores, |e| e);
+            let values = |offset: usize| tokens.chunks_exact(row_width).map(move |t| &t[2 * hidden + head + offset..]);
+            let (blocks, tail) = out_row[head..head + head_dim].as_chunks_mut::<LANES>();
+            for (block, context) in blocks.iter_mut().enumerate() {
+                let mut sums = [0f32; LANES];
+                for (&p, value) in scores.iter().zip(values(block * LANES)) {
+                    let value = &value[..LANES];
+                    for lane in 0..LANES {
+                        sums[lane] += p * value[lane];
+                    }
+                }
+                *context = sums.map(|s| s * inv);
+            }
+            let tail_start = head_dim - tail.len();
+            for (offset, context) in (tail_start..).zip(tail) {
+                *context = inv * scores.iter().zip(values(offset)).map(|(&p, value)| p * value[0]).sum::<f32>();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, D};
+
+    use super::*;
+
+    /// candle's ops, one sequence at a time, as the reference.
+    fn reference(qkv: &Tensor, lengths: &[usize], heads: usize) -> Result<Tensor> {
+        let (_, width) = qkv.dims2()?;
+        let (hidden, head_dim) = (width / 3, width / 3 / heads);
+        let mut start = 0;
+        let mut contexts = Vec::new();
+        for &len in lengths {
+            let run = qkv.narrow(0, start, len)?.reshape((len, 3, heads, head_dim))?.permute((1, 2, 0, 3))?;
+            let q = (run.get(0)? / (head_dim as f64).sqrt())?.contiguous()?;
+            let (k, v) = (run.get(1)?.contiguous()?, run.get(2)?.contiguous()?);
+            let probs = candle_nn::ops::softmax(&q.matmul(&k.t()?)?, D::Minus1)?;
+            contexts.push(probs.matmul(&v)?.transpose(0, 1)?.reshape((len, hidden))?);
+            start += len;
+        }
+        Tensor::cat(&contexts, 0)
+    }
+
+    #[test]
+    fn matches_candles_ops_on_packed_sequences() -> Result<()> {
+        // MiniLM's shape (12 heads of 32), and one whose head size leaves a vector tail; one
+        // token, short sequences and one long enough to be split into several tasks.
+        for (heads, head_dim) in [(12, 32), (3, 20)] {
+            let lengths = [1, 7, 30, 200, 2];
+            let tokens: usize = lengths.iter().sum();
+            let qkv = Tensor::randn(0f32, 2.0, (tokens, 3 * heads * head_dim), &Device::Cpu)?;
+            let ours = packed(&qkv, &lengths, heads)?;
+            let diff = (&ours - reference(&qkv, &lengths, heads)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            // Values are about 2 in size; only the order of the additions differs.
+            assert!(diff < 1e-4, "{heads} heads of {head_dim}: max difference {diff}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_lengths_that_do_not_cover_the_tokens() -> Result<()> {
+        let qkv = Tensor::zeros((5, 36), DType::F32, &Device::Cpu)?;
+        assert!(packed(&qkv, &[2, 2], 3).is_err());
+        assert!(packed(&qkv, &[5], 5).is_err());
+        Ok(())
+    }
+}
