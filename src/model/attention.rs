@@ -20,7 +20,7 @@ const TASK_MULTIPLY_ADDS: usize = 64 * 1024;
 /// (`[tokens, 3 · hidden]`: queries, keys, values, each `heads` blocks of `hidden / heads`).
 /// Returns `[tokens, hidden]`. CPU f32 only; [`supported`] says when it applies.
 pub fn packed(qkv: &Tensor, lengths: &[usize], heads: usize) -> Result<Tensor> {
-    qkv.contiguous()?.apply_op1_no_bwd(&PackedAttention { lengths: lengths.to_vec(), heads })
+    qkv.contiguous()?.apply_op1_no_bwd(&PackedAttention { lengths: lengths.to_vec(), heads, portable: false })
 }
 
 /// True when [`packed`] can run on `xs`.
@@ -31,6 +31,8 @@ pub fn supported(xs: &Tensor) -> bool {
 struct PackedAttention {
     lengths: Vec<usize>,
     heads: usize,
+    /// Skip the AVX-512 kernel even where the CPU has it, so tests cover the portable one.
+    portable: bool,
 }
 
 /// A block of query rows of one sequence, and the output rows it writes.
@@ -80,7 +82,8 @@ impl CustomOp1 for PackedAttention {
         let mut rest = out.as_mut_slice();
         for &(tokens, ref keys) in &sequences {
             let len = tokens.len() / width;
-            let rows_per_task = TASK_MULTIPLY_ADDS.div_ceil(2 * len * hidden).max(1);
+            // At least four: the AVX-512 kernel computes four queries at a time.
+            let rows_per_task = TASK_MULTIPLY_ADDS.div_ceil(2 * len * hidden).max(4);
             let mut first_query = 0;
             while first_query < len {
                 let rows = rows_per_task.min(len - first_query);
@@ -90,15 +93,15 @@ impl CustomOp1 for PackedAttention {
                 first_query += rows;
             }
         }
-        tasks.into_par_iter().for_each(|task| attend(&heads, task));
+        tasks.into_par_iter().for_each(|task| attend(&heads, task, self.portable));
         Ok((CpuStorage::F32(out), Shape::from((tokens, hidden))))
     }
 }
 
-/// Keys per head are stored for whole blocks of [`LANES`] tokens, the padding zero, so the
-/// score loops run on full vectors.
+/// Keys per head are stored for whole blocks of 32 tokens (two vectors of [`LANES`]), the
+/// padding zero, so the score loops run on full vectors.
 fn padded(len: usize) -> usize {
-    len.next_multiple_of(LANES)
+    len.next_multiple_of(2 * LANES)
 }
 
 /// The width of a token's hidden state and of one head's share of it.
@@ -119,7 +122,13 @@ fn transpose_keys(tokens: &[f32], heads: &Heads, keys: &mut [f32]) {
     }
 }
 
-fn attend(heads: &Heads, task: Task) {
+fn attend(heads: &Heads, task: Task, portable: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if !portable && std::arch::is_x86_feature_detected!("avx512f") {
+        let mut scores = vec![0f32; x86::QUERY_ROWS * task.keys.len() / heads.hidden];
+        // SAFETY: the CPU has AVX-512 F; `scores` has `QUERY_ROWS` rows of `padded(len)`.
+        return unsafe { x86::attend_rows(heads, task, &mut scores) };
+    }
     let mut scores = vec![0f32; task.keys.len() / heads.hidden];
     attend_rows(heads, task, &mut scores)
 }
@@ -177,6 +186,123 @@ fn attend_rows_generic(heads: &Heads, task: Task, scores: &mut [f32]) {
     }
 }
 
+/// AVX-512: [`x86::QUERY_ROWS`] queries at a time, so each key or value vector loaded serves
+/// all of them, with every sum in a register and enough independent sums to keep both FMA units
+/// busy (the generic loops above are chains of dependent additions).
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{exp_nonpositive, lane_max, lane_sum, Heads, Task, LANES};
+
+    pub const QUERY_ROWS: usize = 4;
+
+    /// # Safety
+    /// The CPU must have AVX-512 F; `scores` must hold `QUERY_ROWS` rows of `padded(len)`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn attend_rows(heads: &Heads, task: Task, scores: &mut [f32]) {
+        let Task { tokens, keys, first_query, out } = task;
+        let hidden = heads.hidden;
+        let stride = scores.len() / QUERY_ROWS;
+        for head in (0..hidden).step_by(heads.head_dim) {
+            let group = Group { heads, tokens, keys: &keys[head * stride..], head, stride };
+            for (block, out) in out.chunks_mut(QUERY_ROWS * hidden).enumerate() {
+                let first = first_query + block * QUERY_ROWS;
+                match out.len() / hidden {
+                    1 => group.attend::<1>(first, out, scores),
+                    2 => group.attend::<2>(first, out, scores),
+                    3 => group.attend::<3>(first, out, scores),
+                    _ => group.attend::<QUERY_ROWS>(first, out, scores),
+                }
+            }
+        }
+    }
+
+    /// One head of one sequence.
+    struct Group<'a> {
+        heads: &'a Heads,
+        tokens: &'a [f32],
+        /// This head's keys, `[head_dim][stride]`, and what follows.
+        keys: &'a [f32],
+        head: usize,
+        stride: usize,
+    }
+
+    /// Lanes of `width` (at most [`LANES`]) as a store/load mask.
+    fn mask(width: usize) -> __mmask16 {
+        if width >= LANES {
+            0xffff
+        } else {
+            (1u16 << width) - 1
+        }
+    }
+
+    impl Group<'_> {
+        /// Queries `first..first + R` of this head into `out` (`R` rows of `hidden`).
+        #[target_feature(enable = "avx512f")]
+        unsafe fn attend<const R: usize>(&self, first: usize, out: &mut [f32], scores: &mut [f32]) {
+            let Heads { hidden, head_dim } = *self.heads;
+            let (row_width, stride) = (3 * hidden, self.stride);
+            let len = self.tokens.len() / row_width;
+            let tokens = self.tokens.as_ptr();
+            let query = |r: usize, d: usize| *tokens.add((first + r) * row_width + self.head + d);
+            // Scores, 32 keys at a time; the padding keys are zero and score 0.
+            for block in (0..stride).step_by(2 * LANES) {
+                let mut sums = [[_mm512_setzero_ps(); 2]; R];
+                for d in 0..head_dim {
+                    let keys = self.keys.as_ptr().add(d * stride + block);
+                    let (low, high) = (_mm512_loadu_ps(keys), _mm512_loadu_ps(keys.add(LANES)));
+                    for (r, sums) in sums.iter_mut().enumerate() {
+                        let q = _mm512_set1_ps(query(r, d));
+                        sums[0] = _mm512_fmadd_ps(q, low, sums[0]);
+                        sums[1] = _mm512_fmadd_ps(q, high, sums[1]);
+                    }
+                }
+                for (r, sums) in sums.iter().enumerate() {
+                    let at = scores.as_mut_ptr().add(r * stride + block);
+                    _mm512_storeu_ps(at, sums[0]);
+                    _mm512_storeu_ps(at.add(LANES), sums[1]);
+                }
+            }
+            let scale = 1.0 / (head_dim as f32).sqrt();
+            let mut inverse_sums = [0f32; R];
+            for (r, inverse) in inverse_sums.iter_mut().enumerate() {
+                let scores = &mut scores[r * stride..][..len];
+                let max = lane_max(scores) * scale;
+                scores.iter_mut().for_each(|s| *s = exp_nonpositive(*s * scale - max));
+                *inverse = 1.0 / lane_sum(scores, |e| e);
+            }
+            // Context, 16 channels at a time, with even and odd keys in separate sums.
+            let values = tokens.add(2 * hidden + self.head);
+            for channel in (0..head_dim).step_by(LANES) {
+                let lanes = mask(head_dim - channel);
+                let value = |j: usize| _mm512_maskz_loadu_ps(lanes, values.add(j * row_width + channel));
+                let mut sums = [[_mm512_setzero_ps(); 2]; R];
+                for j in (0..len - len % 2).step_by(2) {
+                    let (even, odd) = (value(j), value(j + 1));
+                    for (r, sums) in sums.iter_mut().enumerate() {
+                        let p = scores.as_ptr().add(r * stride + j);
+                        sums[0] = _mm512_fmadd_ps(_mm512_set1_ps(*p), even, sums[0]);
+                        sums[1] = _mm512_fmadd_ps(_mm512_set1_ps(*p.add(1)), odd, sums[1]);
+                    }
+                }
+                if len % 2 == 1 {
+                    let last = value(len - 1);
+                    for (r, sums) in sums.iter_mut().enumerate() {
+                        let p = _mm512_set1_ps(scores[r * stride + len - 1]);
+                        sums[0] = _mm512_fmadd_ps(p, last, sums[0]);
+                    }
+                }
+                for (r, (sums, inverse)) in sums.iter().zip(inverse_sums).enumerate() {
+                    let context = _mm512_mul_ps(_mm512_add_ps(sums[0], sums[1]), _mm512_set1_ps(inverse));
+                    let at = out.as_mut_ptr().add(r * hidden + self.head + channel);
+                    _mm512_mask_storeu_ps(at, lanes, context);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, D};
@@ -202,16 +328,21 @@ mod tests {
 
     #[test]
     fn matches_candles_ops_on_packed_sequences() -> Result<()> {
-        // MiniLM's shape (12 heads of 32), and one whose head size leaves a vector tail; one
-        // token, short sequences and one long enough to be split into several tasks.
-        for (heads, head_dim) in [(12, 32), (3, 20)] {
-            let lengths = [1, 7, 30, 200, 2];
+        // MiniLM's shape (12 heads of 32), one whose head size leaves a vector tail and a
+        // BERT-base-like one; one token, odd and even lengths (the AVX-512 kernel sums odd and
+        // even keys apart), and one long enough to be split into several tasks.
+        for (heads, head_dim) in [(12, 32), (3, 20), (2, 64)] {
+            let lengths = [1, 7, 30, 200, 2, 33];
             let tokens: usize = lengths.iter().sum();
             let qkv = Tensor::randn(0f32, 2.0, (tokens, 3 * heads * head_dim), &Device::Cpu)?;
-            let ours = packed(&qkv, &lengths, heads)?;
-            let diff = (&ours - reference(&qkv, &lengths, heads)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            // Values are about 2 in size; only the order of the additions differs.
-            assert!(diff < 1e-4, "{heads} heads of {head_dim}: max difference {diff}");
+            let expected = reference(&qkv, &lengths, heads)?;
+            for portable in [false, true] {
+                let op = PackedAttention { lengths: lengths.to_vec(), heads, portable };
+                let ours = qkv.apply_op1_no_bwd(&op)?;
+                let diff = (&ours - &expected)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                // Values are about 2 in size; only the order of the additions differs.
+                assert!(diff < 1e-4, "{heads} heads of {head_dim}, portable {portable}: max difference {diff}");
+            }
         }
         Ok(())
     }
