@@ -10,7 +10,7 @@
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kernels::{dispatch, exp_nonpositive, lane_max, lane_sum, LANES};
+use super::kernels::{self, dispatch, exp_nonpositive, lane_max, lane_sum, LANES};
 
 /// Multiply-adds per parallel task: enough to outweigh handing it to another thread, few
 /// enough that one short sentence still spreads over two or more cores.
@@ -21,6 +21,46 @@ const TASK_MULTIPLY_ADDS: usize = 64 * 1024;
 /// Returns `[tokens, hidden]`. CPU f32 only; [`supported`] says when it applies.
 pub fn packed(qkv: &Tensor, lengths: &[usize], heads: usize) -> Result<Tensor> {
     qkv.contiguous()?.apply_op1_no_bwd(&PackedAttention { lengths: lengths.to_vec(), heads, portable: false })
+}
+
+/// The same attention with candle's ops, for devices [`packed`] does not cover (GPUs): one
+/// batched attention per run of equal lengths (the batcher sorts by length, so most batches are
+/// a few runs).
+pub fn with_candle_ops(qkv: &Tensor, lengths: &[usize], heads: usize) -> Result<Tensor> {
+    let (_, width) = qkv.dims2()?;
+    let hidden = width / 3;
+    let head_dim = hidden / heads.max(1);
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let mut contexts = Vec::new();
+    let mut start = 0;
+    for (length, count) in equal_length_runs(lengths) {
+        let tokens = length * count;
+        let run =
+            qkv.narrow(0, start, tokens)?.reshape((count, length, 3, heads, head_dim))?.permute((2, 0, 3, 1, 4))?;
+        let q = (run.get(0)? * scale)?.contiguous()?;
+        let k = run.get(1)?.contiguous()?;
+        let v = run.get(2)?.contiguous()?;
+        let probs = kernels::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+        contexts.push(probs.matmul(&v)?.transpose(1, 2)?.reshape((tokens, hidden))?);
+        start += tokens;
+    }
+    if contexts.len() == 1 {
+        Ok(contexts.remove(0))
+    } else {
+        Tensor::cat(&contexts, 0)
+    }
+}
+
+/// `(length, count)` for each run of consecutive equal lengths.
+fn equal_length_runs(lengths: &[usize]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for &length in lengths {
+        match runs.last_mut() {
+            Some((l, count)) if *l == length => *count += 1,
+            _ => runs.push((length, 1)),
+        }
+    }
+    runs
 }
 
 /// True when [`packed`] can run on `xs`.
@@ -305,37 +345,21 @@ mod x86 {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{Device, D};
+    use candle_core::Device;
 
     use super::*;
-
-    /// candle's ops, one sequence at a time, as the reference.
-    fn reference(qkv: &Tensor, lengths: &[usize], heads: usize) -> Result<Tensor> {
-        let (_, width) = qkv.dims2()?;
-        let (hidden, head_dim) = (width / 3, width / 3 / heads);
-        let mut start = 0;
-        let mut contexts = Vec::new();
-        for &len in lengths {
-            let run = qkv.narrow(0, start, len)?.reshape((len, 3, heads, head_dim))?.permute((1, 2, 0, 3))?;
-            let q = (run.get(0)? / (head_dim as f64).sqrt())?.contiguous()?;
-            let (k, v) = (run.get(1)?.contiguous()?, run.get(2)?.contiguous()?);
-            let probs = candle_nn::ops::softmax(&q.matmul(&k.t()?)?, D::Minus1)?;
-            contexts.push(probs.matmul(&v)?.transpose(0, 1)?.reshape((len, hidden))?);
-            start += len;
-        }
-        Tensor::cat(&contexts, 0)
-    }
 
     #[test]
     fn matches_candles_ops_on_packed_sequences() -> Result<()> {
         // MiniLM's shape (12 heads of 32), one whose head size leaves a vector tail and a
         // BERT-base-like one; one token, odd and even lengths (the AVX-512 kernel sums odd and
-        // even keys apart), and one long enough to be split into several tasks.
+        // even keys apart), one long enough to be split into several tasks, and runs of equal
+        // lengths, which candle's path batches together.
         for (heads, head_dim) in [(12, 32), (3, 20), (2, 64)] {
-            let lengths = [1, 7, 30, 200, 2, 33];
+            let lengths = [1, 7, 30, 30, 200, 2, 33, 33];
             let tokens: usize = lengths.iter().sum();
             let qkv = Tensor::randn(0f32, 2.0, (tokens, 3 * heads * head_dim), &Device::Cpu)?;
-            let expected = reference(&qkv, &lengths, heads)?;
+            let expected = with_candle_ops(&qkv, &lengths, heads)?;
             for portable in [false, true] {
                 let op = PackedAttention { lengths: lengths.to_vec(), heads, portable };
                 let ours = qkv.apply_op1_no_bwd(&op)?;
@@ -345,6 +369,12 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    #[test]
+    fn runs_group_consecutive_equal_lengths() {
+        assert_eq!(equal_length_runs(&[3, 3, 5, 5, 5, 3]), vec![(3, 2), (5, 3), (3, 1)]);
+        assert!(equal_length_runs(&[]).is_empty());
     }
 
     #[test]

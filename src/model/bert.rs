@@ -136,7 +136,6 @@ struct SelfAttention {
     output: Dense,
     add_norm: kernels::AddNorm,
     num_heads: usize,
-    head_dim: usize,
 }
 
 impl SelfAttention {
@@ -161,52 +160,20 @@ impl SelfAttention {
                 layer_norm(h, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
             )?,
             num_heads: cfg.num_attention_heads,
-            head_dim: h / cfg.num_attention_heads,
         })
     }
 
     /// `xs`: `[tokens, hidden]`, the sequences of `lengths` packed end to end. Each sequence
     /// attends only to itself, so no padding and no mask are needed.
     fn forward(&self, xs: &Tensor, lengths: &[usize]) -> Result<Tensor> {
-        let (_, h) = xs.dims2()?;
         let qkv = self.qkv.forward(xs)?;
-        if attention::supported(&qkv) {
-            let context = attention::packed(&qkv, lengths, self.num_heads)?;
-            return self.add_norm.forward(&self.output.forward(&context)?, xs);
-        }
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        // On GPUs: candle's ops, one batched attention per run of equal lengths (the batcher
-        // sorts by length, so most batches are a few runs).
-        let mut contexts = Vec::new();
-        let mut start = 0;
-        for (length, count) in equal_length_runs(lengths) {
-            let tokens = length * count;
-            let run = qkv
-                .narrow(0, start, tokens)?
-                .reshape((count, length, 3, self.num_heads, self.head_dim))?
-                .permute((2, 0, 3, 1, 4))?;
-            let q = (run.get(0)? * scale)?.contiguous()?;
-            let k = run.get(1)?.contiguous()?;
-            let v = run.get(2)?.contiguous()?;
-            let probs = kernels::softmax_last_dim(&q.matmul(&k.t()?)?)?;
-            contexts.push(probs.matmul(&v)?.transpose(1, 2)?.reshape((tokens, h))?);
-            start += tokens;
-        }
-        let context = if contexts.len() == 1 { contexts.remove(0) } else { Tensor::cat(&contexts, 0)? };
+        let context = if attention::supported(&qkv) {
+            attention::packed(&qkv, lengths, self.num_heads)?
+        } else {
+            attention::with_candle_ops(&qkv, lengths, self.num_heads)?
+        };
         self.add_norm.forward(&self.output.forward(&context)?, xs)
     }
-}
-
-/// `(length, count)` for each run of consecutive equal lengths.
-fn equal_length_runs(lengths: &[usize]) -> Vec<(usize, usize)> {
-    let mut runs: Vec<(usize, usize)> = Vec::new();
-    for &length in lengths {
-        match runs.last_mut() {
-            Some((l, count)) if *l == length => *count += 1,
-            _ => runs.push((length, 1)),
-        }
-    }
-    runs
 }
 
 struct FeedForward {
@@ -303,16 +270,5 @@ impl BertModel {
             xs = layer.feed_forward.forward(&xs)?;
         }
         Ok(xs)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn runs_group_consecutive_equal_lengths() {
-        assert_eq!(equal_length_runs(&[3, 3, 5, 5, 5, 3]), vec![(3, 2), (5, 3), (3, 1)]);
-        assert!(equal_length_runs(&[]).is_empty());
     }
 }
