@@ -162,6 +162,8 @@ fn transpose_keys(tokens: &[f32], heads: &Heads, keys: &mut [f32]) {
     }
 }
 
+// `portable` only chooses between kernels where there is an AVX-512 one.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn attend(heads: &Heads, task: Task, portable: bool) {
     #[cfg(target_arch = "x86_64")]
     if !portable && std::arch::is_x86_feature_detected!("avx512f") {
