@@ -369,9 +369,9 @@ fn shipped_models_are_found_under_concord_models_dir() {
     let moved = dir.path().join("moved");
     std::fs::create_dir(&moved).expect("mkdir");
     let shipped = std::path::Path::new(concord::tasks::moderate::DEFAULT_MODEL_DIR);
+    std::fs::create_dir_all(moved.join("moderation")).expect("mkdir");
     for entry in std::fs::read_dir(shipped).expect("models/moderation") {
         let entry = entry.expect("entry");
-        std::fs::create_dir_all(moved.join("moderation")).expect("mkdir");
         std::os::unix::fs::symlink(entry.path(), moved.join("moderation").join(entry.file_name())).expect("link");
     }
     let found = moderate(&moved);

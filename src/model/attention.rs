@@ -205,9 +205,7 @@ fn attend_rows_generic(heads: &Heads, task: Task, scores: &mut [f32]) {
                 *scores = sums;
             }
             let scores = &mut scores[..len];
-            let max = lane_max(scores) * scale;
-            scores.iter_mut().for_each(|s| *s = exp_nonpositive(*s * scale - max));
-            let inv = 1.0 / lane_sum(scores, |e| e);
+            let inv = 1.0 / softmax_numerators(scores, scale);
             let values = |offset: usize| tokens.chunks_exact(row_width).map(move |t| &t[2 * hidden + head + offset..]);
             let (blocks, tail) = out_row[head..head + head_dim].as_chunks_mut::<LANES>();
             for (block, context) in blocks.iter_mut().enumerate() {
@@ -228,6 +226,15 @@ fn attend_rows_generic(heads: &Heads, task: Task, scores: &mut [f32]) {
     }
 }
 
+/// Turns raw scores `q·k` into softmax numerators `e^(scale·s − max)`, in place, and returns
+/// their sum (the rows are normalised when the weighted values are).
+#[inline(always)]
+fn softmax_numerators(scores: &mut [f32], scale: f32) -> f32 {
+    let max = lane_max(scores) * scale;
+    scores.iter_mut().for_each(|s| *s = exp_nonpositive(*s * scale - max));
+    lane_sum(scores, |e| e)
+}
+
 /// AVX-512: [`x86::QUERY_ROWS`] queries at a time, so each key or value vector loaded serves
 /// all of them, with every sum in a register and enough independent sums to keep both FMA units
 /// busy (the generic loops above are chains of dependent additions).
@@ -235,7 +242,8 @@ fn attend_rows_generic(heads: &Heads, task: Task, scores: &mut [f32]) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{exp_nonpositive, lane_max, lane_sum, Heads, Task, LANES};
+    use super::{softmax_numerators, Heads, Task, LANES};
+    use crate::model::tiles::lane_mask;
 
     pub const QUERY_ROWS: usize = 4;
 
@@ -270,15 +278,6 @@ mod x86 {
         stride: usize,
     }
 
-    /// Lanes of `width` (at most [`LANES`]) as a store/load mask.
-    fn mask(width: usize) -> __mmask16 {
-        if width >= LANES {
-            0xffff
-        } else {
-            (1u16 << width) - 1
-        }
-    }
-
     impl Group<'_> {
         /// Queries `first..first + R` of this head into `out` (`R` rows of `hidden`).
         #[target_feature(enable = "avx512f")]
@@ -309,15 +308,12 @@ mod x86 {
             let scale = 1.0 / (head_dim as f32).sqrt();
             let mut inverse_sums = [0f32; R];
             for (r, inverse) in inverse_sums.iter_mut().enumerate() {
-                let scores = &mut scores[r * stride..][..len];
-                let max = lane_max(scores) * scale;
-                scores.iter_mut().for_each(|s| *s = exp_nonpositive(*s * scale - max));
-                *inverse = 1.0 / lane_sum(scores, |e| e);
+                *inverse = 1.0 / softmax_numerators(&mut scores[r * stride..][..len], scale);
             }
             // Context, 16 channels at a time, with even and odd keys in separate sums.
             let values = tokens.add(2 * hidden + self.head);
             for channel in (0..head_dim).step_by(LANES) {
-                let lanes = mask(head_dim - channel);
+                let lanes = lane_mask(head_dim - channel);
                 let value = |j: usize| _mm512_maskz_loadu_ps(lanes, values.add(j * row_width + channel));
                 let mut sums = [[_mm512_setzero_ps(); 2]; R];
                 for j in (0..len - len % 2).step_by(2) {

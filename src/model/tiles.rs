@@ -131,8 +131,17 @@ unsafe impl Sync for Output {}
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 pub unsafe fn store_lanes(out: *mut f32, value: std::arch::x86_64::__m512, valid: usize) {
-    let mask: std::arch::x86_64::__mmask16 = if valid >= LANES { 0xffff } else { (1u16 << valid) - 1 };
-    std::arch::x86_64::_mm512_mask_storeu_ps(out, mask, value);
+    std::arch::x86_64::_mm512_mask_storeu_ps(out, lane_mask(valid), value);
+}
+
+/// The first `valid` lanes of a vector (all of them from [`LANES`] on), as a load/store mask.
+#[cfg(target_arch = "x86_64")]
+pub fn lane_mask(valid: usize) -> std::arch::x86_64::__mmask16 {
+    if valid >= LANES {
+        0xffff
+    } else {
+        (1u16 << valid) - 1
+    }
 }
 
 /// Calls the const-generic kernel `$kernel::<R, B>($tile)` for the run-time tile shape.
