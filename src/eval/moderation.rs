@@ -32,6 +32,12 @@ impl ModerationRow {
             .find_map(|name| self.labels.get(name).and_then(serde_json::Value::as_i64).map(|v| (name, v != 0)))
     }
 
+    /// True when the row's binary label says the text is neither offensive nor toxic, so no
+    /// part of it is an offending span.
+    pub fn labelled_clean(&self) -> bool {
+        self.flag().is_some_and(|(_, flagged)| !flagged)
+    }
+
     /// OLID subtask A (`OFF`/`NOT`): offensive language as OLID defines it.
     pub fn olid_offensive(&self) -> Option<bool> {
         self.labels.get("subtask_a").and_then(|v| v.as_str()).map(|a| a == "OFF")
@@ -168,6 +174,10 @@ pub struct ModerationReport {
     pub flag_macro_f1: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flag_auc: Option<f64>,
+    /// Share of the rows labelled clean (binary label 0) that got at least one span: spans an
+    /// editor would underline in text nobody finds offensive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clean_with_spans: Option<f64>,
     pub texts_per_s: f64,
     pub seconds: f64,
 }
@@ -213,6 +223,7 @@ pub async fn evaluate(moderator: &Moderator, rows: &[ModerationRow], bar: &Progr
         flag_accuracy: None,
         flag_macro_f1: None,
         flag_auc: None,
+        clean_with_spans: None,
         texts_per_s: rows.len() as f64 / seconds.max(1e-9),
         seconds,
     };
@@ -245,6 +256,15 @@ pub async fn evaluate(moderator: &Moderator, rows: &[ModerationRow], bar: &Progr
         report.flag_macro_f1 = both_classes.then(|| binary.macro_f1());
         report.flag_auc = auc(&scores, &gold);
     }
+    let clean: Vec<bool> = rows
+        .iter()
+        .zip(&outputs)
+        .filter(|(row, _)| row.labelled_clean())
+        .map(|(_, out)| !out.spans.is_empty())
+        .collect();
+    if !clean.is_empty() {
+        report.clean_with_spans = Some(clean.iter().filter(|&&spanned| spanned).count() as f64 / clean.len() as f64);
+    }
     Ok(report)
 }
 
@@ -260,6 +280,7 @@ pub fn table(report: &ModerationReport) -> String {
     push("flag_accuracy", report.flag_accuracy);
     push("flag_macro_f1", report.flag_macro_f1);
     push("flag_auc", report.flag_auc);
+    push("clean_with_spans", report.clean_with_spans);
     push("texts_per_s", Some(report.texts_per_s));
     if let (Some(label), Some(score)) = (&report.flag_label, &report.flag_score) {
         lines.push(format!("flag             gold `{label}` vs model `{score}`"));
