@@ -111,10 +111,11 @@ struct FusedAddNorm {
     eps: f32,
 }
 
-/// Lanes of the partial sums and maxima below. A plain `sum += x` loop is a chain LLVM must
-/// keep in order (float addition is not associative), so it ran one scalar at a time; one
-/// accumulator per lane lets it use whole vector registers.
-pub(crate) const LANES: usize = 16;
+/// The partial sums and maxima below keep one accumulator per lane of a 512-bit register. A
+/// plain `sum += x` loop is a chain LLVM must keep in order (float addition is not
+/// associative), so it ran one scalar at a time; one accumulator per lane lets it use whole
+/// vector registers.
+pub(crate) use super::tiles::LANES;
 
 /// The sum of `term(x)` over `values`.
 #[inline(always)]
