@@ -8,7 +8,6 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
-use super::tiles::Epilogue;
 use super::{attention, int8, kernels, packed};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -125,15 +124,6 @@ impl Dense {
             Self::Int8(linear) => linear.forward(xs),
         }
     }
-
-    /// `gelu_erf(self.forward(xs))`; the CPU kernels apply it as they write each tile.
-    fn forward_gelu_erf(&self, xs: &Tensor) -> Result<Tensor> {
-        match self {
-            Self::Float(linear) => kernels::gelu_erf(&linear.forward(xs)?),
-            Self::Packed(linear) => linear.forward_with(xs, Epilogue::GeluErf),
-            Self::Int8(linear) => linear.forward_with(xs, Epilogue::GeluErf),
-        }
-    }
 }
 
 fn without_bias(linear: &Linear, quantize: Quantize) -> Result<Dense> {
@@ -210,10 +200,11 @@ impl FeedForward {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let hidden = self.intermediate.forward(xs)?;
         let hidden = match self.act {
-            HiddenAct::Gelu => self.intermediate.forward_gelu_erf(xs)?,
-            HiddenAct::GeluNew | HiddenAct::GeluPytorchTanh => self.intermediate.forward(xs)?.gelu()?,
-            HiddenAct::Relu => self.intermediate.forward(xs)?.relu()?,
+            HiddenAct::Gelu => kernels::gelu_erf(&hidden)?,
+            HiddenAct::GeluNew | HiddenAct::GeluPytorchTanh => hidden.gelu()?,
+            HiddenAct::Relu => hidden.relu()?,
         };
         self.add_norm.forward(&self.output.forward(&hidden)?, xs)
     }

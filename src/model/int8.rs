@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::{bail, DType, Result, Tensor};
 use rayon::prelude::*;
 
-use super::tiles::{self, Epilogue, TileShape, LANES};
+use super::tiles::{self, TileShape, LANES};
 
 /// Whether BERT-family encoders loaded from now on quantize their linear layers. A process-wide
 /// choice made once at start-up (`--dtype q8`), so the many model-loading paths need no extra
@@ -149,12 +149,7 @@ impl Int8Linear {
 
     /// `xs`: `[tokens, inputs]` f32 on the CPU.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        tiles::forward(self, xs, Epilogue::Identity)
-    }
-
-    /// [`Self::forward`] with `epilogue` applied to every output in the same pass.
-    pub fn forward_with(&self, xs: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
-        tiles::forward(self, xs, epilogue)
+        tiles::forward(self, xs)
     }
 }
 
@@ -165,10 +160,10 @@ impl tiles::TiledLinear for Int8Linear {
         (self.inputs, self.outputs)
     }
 
-    fn run(&self, xs: &[f32], rows: usize, epilogue: Epilogue, out: &mut [std::mem::MaybeUninit<f32>]) {
+    fn run(&self, xs: &[f32], rows: usize, out: &mut [std::mem::MaybeUninit<f32>]) {
         let activations = quantize_rows(xs, rows, self.inputs, self.padded_inputs);
         let blocks = self.scales.len() / LANES;
-        tiles::for_each_tile(rows, blocks, self.isa.tile(), epilogue, out, |row, rows, block, blocks, out| {
+        tiles::for_each_tile(rows, blocks, self.isa.tile(), out, |row, rows, block, blocks, out| {
             #[cfg(target_arch = "x86_64")]
             {
                 let first_column = block * LANES;

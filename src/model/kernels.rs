@@ -210,21 +210,9 @@ fn erf(x: f32) -> f32 {
 }
 
 #[inline(always)]
-fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
-}
-
-#[inline(always)]
 fn gelu_slice_generic(src: &[f32], dst: &mut [f32]) {
     for (d, &x) in dst.iter_mut().zip(src) {
-        *d = gelu(x);
-    }
-}
-
-#[inline(always)]
-fn gelu_in_place_generic(values: &mut [f32]) {
-    for v in values {
-        *v = gelu(*v);
+        *d = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
     }
 }
 
@@ -242,11 +230,6 @@ fn softmax_rows_generic(src: &[f32], dst: &mut [f32], width: usize) {
 
 fn gelu_slice(src: &[f32], dst: &mut [f32]) {
     dispatch!(gelu_slice_generic(src: &[f32], dst: &mut [f32]))
-}
-
-/// GELU of each value where it is: the epilogue of the linear kernels ([`super::tiles`]).
-pub(crate) fn gelu_in_place(values: &mut [f32]) {
-    dispatch!(gelu_in_place_generic(values: &mut [f32]))
 }
 
 fn softmax_rows(src: &[f32], dst: &mut [f32], width: usize) {

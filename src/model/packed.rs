@@ -8,7 +8,7 @@
 
 use candle_core::{bail, DType, Result, Tensor};
 
-use super::tiles::{self, Epilogue, TileShape, LANES};
+use super::tiles::{self, TileShape, LANES};
 
 /// The instruction set the kernel runs with on this CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,12 +86,7 @@ impl PackedLinear {
 
     /// `xs`: `[tokens, inputs]` f32 on the CPU.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        tiles::forward(self, xs, Epilogue::Identity)
-    }
-
-    /// [`Self::forward`] with `epilogue` applied to every output in the same pass.
-    pub fn forward_with(&self, xs: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
-        tiles::forward(self, xs, epilogue)
+        tiles::forward(self, xs)
     }
 }
 
@@ -102,9 +97,9 @@ impl tiles::TiledLinear for PackedLinear {
         (self.inputs, self.outputs)
     }
 
-    fn run(&self, xs: &[f32], rows: usize, epilogue: Epilogue, out: &mut [std::mem::MaybeUninit<f32>]) {
+    fn run(&self, xs: &[f32], rows: usize, out: &mut [std::mem::MaybeUninit<f32>]) {
         let blocks = self.bias.len() / LANES;
-        tiles::for_each_tile(rows, blocks, self.isa.tile(), epilogue, out, |row, rows, block, blocks, out| {
+        tiles::for_each_tile(rows, blocks, self.isa.tile(), out, |row, rows, block, blocks, out| {
             #[cfg(target_arch = "x86_64")]
             {
                 let first_column = block * LANES;

@@ -15,25 +15,16 @@ pub trait TiledLinear {
     /// `(inputs, outputs)`.
     fn shape(&self) -> (usize, usize);
     /// Writes every one of the outputs of `xs` (`rows × inputs`, row-major) into `out`
-    /// (`rows × outputs`, not initialised on entry), each passed through `epilogue`.
-    fn run(&self, xs: &[f32], rows: usize, epilogue: Epilogue, out: &mut [MaybeUninit<f32>]);
+    /// (`rows × outputs`, not initialised on entry).
+    fn run(&self, xs: &[f32], rows: usize, out: &mut [MaybeUninit<f32>]);
 }
 
-/// What a layer applies to its outputs as each tile is written, while the tile is in L1: one
-/// pass over the outputs instead of a second parallel pass that reads them back from memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Epilogue {
-    Identity,
-    /// [`kernels::gelu_erf`](super::kernels::gelu_erf), value for value.
-    GeluErf,
+/// Applies `layer` to `xs` (`[tokens, inputs]` f32 on the CPU).
+pub fn forward<L: TiledLinear>(layer: &L, xs: &Tensor) -> Result<Tensor> {
+    xs.contiguous()?.apply_op1_no_bwd(&Op(layer))
 }
 
-/// Applies `layer` to `xs` (`[tokens, inputs]` f32 on the CPU), then `epilogue`.
-pub fn forward<L: TiledLinear>(layer: &L, xs: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
-    xs.contiguous()?.apply_op1_no_bwd(&Op(layer, epilogue))
-}
-
-struct Op<'a, L>(&'a L, Epilogue);
+struct Op<'a, L>(&'a L);
 
 impl<L: TiledLinear> CustomOp1 for Op<'_, L> {
     fn name(&self) -> &'static str {
@@ -50,7 +41,7 @@ impl<L: TiledLinear> CustomOp1 for Op<'_, L> {
         let Some((start, end)) = layout.contiguous_offsets() else { bail!("{} needs contiguous input", L::NAME) };
         // Not zeroed first: the kernels store every output (zeroing showed as 2-5 % of profiles).
         let mut out = Vec::with_capacity(rows * outputs);
-        self.0.run(&data[start..end], rows, self.1, &mut out.spare_capacity_mut()[..rows * outputs]);
+        self.0.run(&data[start..end], rows, &mut out.spare_capacity_mut()[..rows * outputs]);
         // SAFETY: `run` wrote all `rows × outputs` values (the tiles cover the whole output).
         unsafe { out.set_len(rows * outputs) };
         Ok((CpuStorage::F32(out), Shape::from((rows, outputs))))
@@ -87,17 +78,14 @@ const TASK_ROWS: usize = 48;
 const TASK_BLOCKS: usize = 4;
 
 /// Calls `tile(first_row, rows, first_block, blocks, out)` for every micro-tile (at most
-/// `shape`) of a `rows × blocks` output, in parallel, and applies `epilogue` to each tile's
-/// outputs once `tile` has written them.
+/// `shape`) of a `rows × blocks` output, in parallel.
 pub fn for_each_tile(
     rows: usize,
     blocks: usize,
     shape: TileShape,
-    epilogue: Epilogue,
     out: &mut [MaybeUninit<f32>],
     tile: impl Fn(usize, usize, usize, usize, &Output) + Sync,
 ) {
-    let outputs = out.len().checked_div(rows).unwrap_or(0);
     let row_tasks = rows.div_ceil(TASK_ROWS);
     let block_tasks = blocks.div_ceil(TASK_BLOCKS);
     let out = Output(out.as_mut_ptr().cast());
@@ -112,16 +100,6 @@ pub fn for_each_tile(
             while block < task_blocks.end {
                 let tile_blocks = (task_blocks.end - block).min(shape.blocks);
                 tile(row, tile_rows, block, tile_blocks, &out);
-                if epilogue == Epilogue::GeluErf {
-                    let columns = block * LANES..((block + tile_blocks) * LANES).min(outputs);
-                    for row in row..row + tile_rows {
-                        // SAFETY: `tile` has just written these outputs of its own tile.
-                        let values = unsafe {
-                            std::slice::from_raw_parts_mut(out.at(row * outputs + columns.start), columns.len())
-                        };
-                        super::kernels::gelu_in_place(values);
-                    }
-                }
                 block += tile_blocks;
             }
             row += tile_rows;
@@ -215,39 +193,3 @@ macro_rules! dispatch_rows {
     };
 }
 pub(crate) use dispatch_rows;
-
-#[cfg(test)]
-mod tests {
-    use candle_core::{Device, Result, Tensor};
-
-    use super::Epilogue;
-    use crate::model::int8::{self, Int8Linear};
-    use crate::model::kernels::gelu_erf;
-    use crate::model::packed::{self, PackedLinear};
-
-    /// The epilogue gives, value for value, what the separate GELU pass gives (same function,
-    /// same inputs), on every tile including a ragged last block, for both tiled layers.
-    #[test]
-    fn the_gelu_epilogue_equals_gelu_after_the_layer() -> Result<()> {
-        if !(packed::supported() && int8::supported()) {
-            return Ok(());
-        }
-        let device = Device::Cpu;
-        for (rows, inputs, outputs) in [(1, 384, 1536), (13, 64, 100), (53, 16, 40)] {
-            let weight = Tensor::randn(0f32, 0.3, (outputs, inputs), &device)?;
-            let bias = Tensor::randn(0f32, 0.1, outputs, &device)?;
-            let xs = Tensor::randn(0f32, 1.0, (rows, inputs), &device)?;
-            let layer = PackedLinear::new(&weight, Some(&bias))?;
-            let separate = gelu_erf(&layer.forward(&xs)?)?.to_vec2::<f32>()?;
-            assert_eq!(
-                layer.forward_with(&xs, Epilogue::GeluErf)?.to_vec2::<f32>()?,
-                separate,
-                "packed {rows}×{inputs}"
-            );
-            let layer = Int8Linear::new(&weight, Some(&bias))?;
-            let separate = gelu_erf(&layer.forward(&xs)?)?.to_vec2::<f32>()?;
-            assert_eq!(layer.forward_with(&xs, Epilogue::GeluErf)?.to_vec2::<f32>()?, separate, "int8 {rows}×{inputs}");
-        }
-        Ok(())
-    }
-}
