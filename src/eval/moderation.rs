@@ -256,16 +256,18 @@ pub async fn evaluate(moderator: &Moderator, rows: &[ModerationRow], bar: &Progr
         report.flag_macro_f1 = both_classes.then(|| binary.macro_f1());
         report.flag_auc = auc(&scores, &gold);
     }
-    let clean: Vec<bool> = rows
-        .iter()
-        .zip(&outputs)
-        .filter(|(row, _)| row.labelled_clean())
-        .map(|(_, out)| !out.spans.is_empty())
-        .collect();
-    if !clean.is_empty() {
-        report.clean_with_spans = Some(clean.iter().filter(|&&spanned| spanned).count() as f64 / clean.len() as f64);
-    }
+    report.clean_with_spans = share_of_true(
+        rows.iter().zip(&outputs).filter(|(row, _)| row.labelled_clean()).map(|(_, out)| !out.spans.is_empty()),
+    );
     Ok(report)
+}
+
+/// The share of `flags` that are true; `None` when there are none. For `clean_with_spans`: one
+/// flag per text labelled clean, true when it got a span.
+pub fn share_of_true(flags: impl IntoIterator<Item = bool>) -> Option<f64> {
+    let (count, set) =
+        flags.into_iter().fold((0usize, 0usize), |(count, set), flag| (count + 1, set + usize::from(flag)));
+    (count > 0).then(|| set as f64 / count as f64)
 }
 
 /// The report as aligned `metric value` lines.
@@ -291,6 +293,13 @@ pub fn table(report: &ModerationReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn share_of_true_counts_the_set_flags() {
+        assert_eq!(share_of_true([]), None);
+        assert_eq!(share_of_true([true, false, false, true]), Some(0.5));
+        assert_eq!(share_of_true([false]), Some(0.0));
+    }
 
     #[test]
     fn span_f1_follows_the_shared_task_definition() {

@@ -25,7 +25,9 @@ use super::finetune::{
     linear_head, masked_bce, read_rows, train_epochs, Batch, Cached, DataFile, FinetuneOptions, Params, Rng, Session,
     TopLayers, TrainReport,
 };
-use crate::eval::moderation::{best_threshold, binary_scores, chars_of_byte_ranges, span_f1, ModerationRow};
+use crate::eval::moderation::{
+    best_threshold, binary_scores, chars_of_byte_ranges, share_of_true, span_f1, ModerationRow,
+};
 use crate::model::TextTokenizer;
 use crate::tasks::moderate::{spans_from_token_probs, ModerationConfig, CONFIG_FILE};
 
@@ -226,20 +228,17 @@ fn evaluate(model: &Model, dev: &[Example], device: &Device, epoch: usize, train
         });
         (threshold, Some(f1))
     };
-    let clean: Vec<(&Example, &Vec<f32>)> =
-        dev.iter().zip(&predictions).filter(|(e, _)| e.label.row.labelled_clean()).map(|(e, (_, t))| (e, t)).collect();
-    let with_spans = clean
-        .iter()
-        .filter(|(e, probs)| {
+    let clean_with_spans = share_of_true(
+        dev.iter().zip(&predictions).filter(|(e, _)| e.label.row.labelled_clean()).map(|(e, (_, probs))| {
             !spans_from_token_probs(&e.label.row.text, &e.tokens.offsets, probs, span_threshold).is_empty()
-        })
-        .count();
+        }),
+    );
     Ok(DevReport {
         epoch,
         train_loss,
         span_f1: span_score,
         span_threshold,
-        clean_with_spans: (!clean.is_empty()).then(|| with_spans as f64 / clean.len() as f64),
+        clean_with_spans,
         category_macro_f1,
         thresholds,
         seconds: started.elapsed().as_secs_f64(),
