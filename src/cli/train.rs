@@ -118,6 +118,17 @@ impl FinetuneArgs {
     }
 }
 
+/// The NLI cross-encoder's fine-tuning run.
+#[derive(Args)]
+pub struct TrainNliArgs {
+    #[command(flatten)]
+    finetune: FinetuneArgs,
+    /// Data set (folder name of a --data file, e.g. climate_fever) whose rows weigh more the
+    /// rarer their label is in it; repeat for several.
+    #[arg(long = "balance", value_name = "NAME")]
+    balance: Vec<String>,
+}
+
 #[derive(Subcommand)]
 pub enum TrainCommand {
     /// The merge resolution scorer (models/merge-scorer).
@@ -127,7 +138,7 @@ pub enum TrainCommand {
     Moderation(FinetuneArgs),
     /// The NLI cross-encoder (models/nli): fine-tuned top layers and a 3-way head.
     #[command(args_override_self = true)]
-    Nli(FinetuneArgs),
+    Nli(TrainNliArgs),
     /// The NLI pair head over sentence embeddings of premise and hypothesis and word overlap,
     /// mixed with the cross-encoder: `--out` is the NLI folder (models/nli) it is added to.
     #[command(args_override_self = true)]
@@ -233,9 +244,10 @@ pub fn run(command: TrainCommand) -> Result<ExitCode> {
             std::fs::write(files.out.join("pair-metrics.json"), &metrics)?;
             print!("{metrics}");
         }
-        TrainCommand::Nli(args) => {
+        TrainCommand::Nli(TrainNliArgs { finetune: args, balance }) => {
             let bar = progress_bar();
-            let report = train::nli::train(&args.files.data, &args.files.dev, &args.files.out, &args.options(), &bar)?;
+            let files = &args.files;
+            let report = train::nli::train(&files.data, &files.dev, &balance, &files.out, &args.options(), &bar)?;
             bar.finish_and_clear();
             args.finish(&report)?;
         }

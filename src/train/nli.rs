@@ -3,6 +3,7 @@
 //!
 //! 3-way rows (SICK, Climate-FEVER) train on their label; 2-way rows (RTE's `not_entailment`)
 //! train on the probability of the set {neutral, contradiction}, so one head learns from both.
+//! Rows of the data sets named to be balanced weigh more the rarer their label is in their file.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -53,12 +54,41 @@ pub fn allowed(label: &str) -> Result<[f32; 3]> {
     })
 }
 
-/// `-log Σ_{allowed} softmax(logits)`, averaged over the batch.
-fn set_cross_entropy(logits: &Tensor, allowed: &Tensor) -> Result<Tensor> {
+/// `-log Σ_{allowed} softmax(logits)`, times each row's weight, averaged over the batch.
+fn set_cross_entropy(logits: &Tensor, allowed: &Tensor, weights: &Tensor) -> Result<Tensor> {
     let all = logits.log_sum_exp(D::Minus1)?;
     let hidden = ((allowed - 1.0)? * 1e4)?;
     let gold = (logits + hidden)?.log_sum_exp(D::Minus1)?;
-    Ok((all - gold)?.mean_all()?)
+    Ok(((all - gold)? * weights)?.mean_all()?)
+}
+
+/// Each row's loss weight: `(share of its label in rows × labels in rows)^-0.5` when
+/// `balanced`, else 1 (the pair head's weighting, `train::nli_pair`).
+pub fn label_weights(rows: &[NliRow], balanced: bool) -> Vec<f32> {
+    if !balanced {
+        return vec![1.0; rows.len()];
+    }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for row in rows {
+        *counts.entry(row.label.as_str()).or_default() += 1;
+    }
+    let labels = counts.len() as f32;
+    rows.iter().map(|row| (counts[row.label.as_str()] as f32 / rows.len() as f32 * labels).powf(-0.5)).collect()
+}
+
+/// What `concord train nli` reports (and writes as `metrics.json`).
+#[derive(Debug, Serialize)]
+pub struct NliTrainReport {
+    #[serde(flatten)]
+    pub report: TrainReport<EpochReport>,
+    /// The data sets whose rows were weighted by [`label_weights`].
+    pub balanced: Vec<String>,
+}
+
+/// A training row with its loss weight.
+pub struct Example {
+    row: NliRow,
+    weight: f32,
 }
 
 struct Model {
@@ -73,7 +103,7 @@ impl Model {
     }
 
     /// Class probabilities for `examples`, in their order.
-    fn predict(&self, examples: &[Cached<NliRow>], device: &Device) -> Result<Vec<[f32; 3]>> {
+    fn predict(&self, examples: &[Cached<Example>], device: &Device) -> Result<Vec<[f32; 3]>> {
         let mut out = vec![[0f32; 3]; examples.len()];
         let mut order: Vec<usize> = (0..examples.len()).collect();
         order.sort_by_key(|&i| examples[i].tokens.ids.len());
@@ -91,26 +121,35 @@ impl Model {
 }
 
 /// Trains on `train_files`, picks the best epoch on `dev_files`, writes the model folder `out`.
+/// Rows of the training files whose data set name ([`DataFile::name`]) is in `balanced` get
+/// [`label_weights`].
 pub fn train(
     train_files: &[DataFile],
     dev_files: &[DataFile],
+    balanced: &[String],
     out: &Path,
     options: &FinetuneOptions,
     bar: &ProgressBar,
-) -> Result<TrainReport<EpochReport>> {
+) -> Result<NliTrainReport> {
     let session = Session::start(options)?;
     let device = session.device.clone();
     let mut rng = Rng::new(options.seed);
-    let encode = |row: NliRow| -> Result<Cached<NliRow>> {
+    let encode = |(row, weight): (NliRow, f32)| -> Result<Cached<Example>> {
         allowed(&row.label)?;
-        Ok(Cached::new(session.tokenizer.encode_pair(&row.premise, &row.hypothesis)?, row))
+        Ok(Cached::new(session.tokenizer.encode_pair(&row.premise, &row.hypothesis)?, Example { row, weight }))
     };
-    let mut train: Vec<Cached<NliRow>> =
-        read_rows::<NliRow>(train_files, &mut rng)?.into_iter().map(encode).collect::<Result<_>>()?;
-    let mut devs: Vec<(String, Vec<Cached<NliRow>>)> = Vec::new();
+    let mut train: Vec<Cached<Example>> = Vec::new();
+    for file in train_files {
+        let rows = read_rows::<NliRow>(std::slice::from_ref(file), &mut rng)?;
+        let weights = label_weights(&rows, balanced.contains(&file.name()));
+        for example in rows.into_iter().zip(weights) {
+            train.push(encode(example)?);
+        }
+    }
+    let mut devs: Vec<(String, Vec<Cached<Example>>)> = Vec::new();
     for file in dev_files {
         let rows = read_rows::<NliRow>(std::slice::from_ref(file), &mut rng)?;
-        devs.push((file.name(), rows.into_iter().map(encode).collect::<Result<_>>()?));
+        devs.push((file.name(), rows.into_iter().map(|row| encode((row, 1.0))).collect::<Result<_>>()?));
     }
     ensure!(!train.is_empty(), "no training rows");
 
@@ -127,16 +166,18 @@ pub fn train(
     }
 
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let loss = |batch: &Batch, examples: &[&Cached<NliRow>], rng: &mut Rng| -> Result<Tensor> {
-        let allowed: Vec<f32> = examples.iter().map(|e| allowed(&e.label.label)).collect::<Result<Vec<_>>>()?.concat();
+    let loss = |batch: &Batch, examples: &[&Cached<Example>], rng: &mut Rng| -> Result<Tensor> {
+        let allowed: Vec<f32> =
+            examples.iter().map(|e| allowed(&e.label.row.label)).collect::<Result<Vec<_>>>()?.concat();
         let allowed = Tensor::from_vec(allowed, (examples.len(), LABELS.len()), &device)?;
-        set_cross_entropy(&model.logits(batch, options.dropout, rng)?, &allowed)
+        let weights = Tensor::from_vec(examples.iter().map(|e| e.label.weight).collect(), examples.len(), &device)?;
+        set_cross_entropy(&model.logits(batch, options.dropout, rng)?, &allowed, &weights)
     };
     let evaluate = |epoch: usize, train_loss: f64| {
         let mut dev_scores = BTreeMap::new();
         for (name, dev) in &devs {
             let probs = model.predict(dev, &device)?;
-            let rows: Vec<&NliRow> = dev.iter().map(|e| &e.label).collect();
+            let rows: Vec<&NliRow> = dev.iter().map(|e| &e.label.row).collect();
             dev_scores.insert(name.clone(), score(&rows, &probs));
         }
         let report = EpochReport { epoch, train_loss, dev: dev_scores };
@@ -155,13 +196,14 @@ pub fn train(
         train_epochs(options, &params, &train, model.top.hidden, &mut rng, bar, loss, evaluate, |_: &EpochReport| {
             save(out, options, &params)
         })?;
-    Ok(TrainReport::new(
+    let report = TrainReport::new(
         options,
         (train_files, dev_files),
         (train.len(), devs.iter().map(|(_, d)| d.len()).sum()),
         &params,
         outcome,
-    ))
+    );
+    Ok(NliTrainReport { report, balanced: balanced.to_vec() })
 }
 
 fn save(out: &Path, options: &FinetuneOptions, params: &Params) -> Result<()> {
@@ -186,10 +228,27 @@ mod tests {
         let device = Device::Cpu;
         let logits = Tensor::new(&[[2f32, 1.0, 0.0], [2.0, 1.0, 0.0]], &device)?;
         let allowed = Tensor::new(&[[1f32, 0.0, 0.0], [0.0, 1.0, 1.0]], &device)?;
+        let weights = Tensor::new(&[1f32, 3.0], &device)?;
         let z: f32 = [2f32, 1.0, 0.0].iter().map(|x| x.exp()).sum();
-        let expected = (-(2f32.exp() / z).ln() - ((1f32.exp() + 1.0) / z).ln()) / 2.0;
-        let got = set_cross_entropy(&logits, &allowed)?.to_scalar::<f32>()?;
+        let expected = (-(2f32.exp() / z).ln() - 3.0 * ((1f32.exp() + 1.0) / z).ln()) / 2.0;
+        let got = set_cross_entropy(&logits, &allowed, &weights)?.to_scalar::<f32>()?;
         assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
         Ok(())
+    }
+
+    #[test]
+    fn balanced_rows_weigh_more_the_rarer_their_label() {
+        let row = |label: &str| NliRow {
+            premise: String::new(),
+            hypothesis: String::new(),
+            label: label.to_string(),
+            claim_id: None,
+            claim_label: None,
+        };
+        let rows: Vec<NliRow> = ["neutral", "neutral", "neutral", "contradiction"].map(row).into();
+        assert_eq!(label_weights(&rows, false), [1.0; 4]);
+        // Shares 3/4 and 1/4 over two labels: (1.5)^-0.5 and (0.5)^-0.5.
+        let weights = label_weights(&rows, true);
+        assert!((weights[0] - 1.5f32.powf(-0.5)).abs() < 1e-6 && (weights[3] - 2f32.sqrt()).abs() < 1e-6);
     }
 }
