@@ -175,3 +175,24 @@ async fn the_committed_model_beats_chance_on_rte_dev() {
     // 0.5 is chance on this balanced 2-way file; 0.6 is 3.1 standard errors above it.
     assert!(report.scores.accuracy > 0.6, "RTE dev accuracy {}", report.scores.accuracy);
 }
+
+/// A misspelt `--balance` name would otherwise train unbalanced without a word.
+#[test]
+fn train_nli_refuses_a_balance_name_that_matches_no_data_file() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let rte = common::shared_dir().join("data/rte");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["train", "nli", "--base-model"])
+        .arg(common::default_model_dir())
+        .arg("--data")
+        .arg(rte.join("train.jsonl"))
+        .arg("--dev")
+        .arg(rte.join("dev.jsonl"))
+        .args(["--balance", "climate-fever", "--out"])
+        .arg(out.path())
+        .output()
+        .expect("runs concord");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("--balance climate-fever names no training file's data set (they are: rte)"), "{stderr}");
+}

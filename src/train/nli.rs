@@ -62,18 +62,16 @@ fn set_cross_entropy(logits: &Tensor, allowed: &Tensor, weights: &Tensor) -> Res
     Ok(((all - gold)? * weights)?.mean_all()?)
 }
 
-/// Each row's loss weight: `(share of its label in rows × labels in rows)^-0.5` when
-/// `balanced`, else 1 (the pair head's weighting, `train::nli_pair`).
-pub fn label_weights(rows: &[NliRow], balanced: bool) -> Vec<f32> {
-    if !balanced {
-        return vec![1.0; rows.len()];
-    }
+/// Loss weights that balance labels: `(share of the entry's label in labels × distinct
+/// labels)^-power` for each entry. The cross-encoder uses power 0.5 on the data sets named to
+/// be balanced; the pair head chooses its power by cross-validation (`train::nli_pair`).
+pub fn label_weights(labels: &[&str], power: f32) -> Vec<f32> {
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for row in rows {
-        *counts.entry(row.label.as_str()).or_default() += 1;
+    for label in labels {
+        *counts.entry(label).or_default() += 1;
     }
-    let labels = counts.len() as f32;
-    rows.iter().map(|row| (counts[row.label.as_str()] as f32 / rows.len() as f32 * labels).powf(-0.5)).collect()
+    let distinct = counts.len() as f32;
+    labels.iter().map(|label| (counts[label] as f32 / labels.len() as f32 * distinct).powf(-power)).collect()
 }
 
 /// What `concord train nli` reports (and writes as `metrics.json`).
@@ -86,7 +84,7 @@ pub struct NliTrainReport {
 }
 
 /// A training row with its loss weight.
-pub struct Example {
+struct Example {
     row: NliRow,
     weight: f32,
 }
@@ -122,7 +120,7 @@ impl Model {
 
 /// Trains on `train_files`, picks the best epoch on `dev_files`, writes the model folder `out`.
 /// Rows of the training files whose data set name ([`DataFile::name`]) is in `balanced` get
-/// [`label_weights`].
+/// [`label_weights`] of power 0.5.
 pub fn train(
     train_files: &[DataFile],
     dev_files: &[DataFile],
@@ -138,10 +136,18 @@ pub fn train(
         allowed(&row.label)?;
         Ok(Cached::new(session.tokenizer.encode_pair(&row.premise, &row.hypothesis)?, Example { row, weight }))
     };
+    if let Some(unknown) = balanced.iter().find(|name| !train_files.iter().any(|f| &f.name() == *name)) {
+        let names: Vec<String> = train_files.iter().map(DataFile::name).collect();
+        anyhow::bail!("--balance {unknown} names no training file's data set (they are: {})", names.join(", "));
+    }
     let mut train: Vec<Cached<Example>> = Vec::new();
     for file in train_files {
         let rows = read_rows::<NliRow>(std::slice::from_ref(file), &mut rng)?;
-        let weights = label_weights(&rows, balanced.contains(&file.name()));
+        let weights = if balanced.contains(&file.name()) {
+            label_weights(&rows.iter().map(|r| r.label.as_str()).collect::<Vec<_>>(), 0.5)
+        } else {
+            vec![1.0; rows.len()]
+        };
         for example in rows.into_iter().zip(weights) {
             train.push(encode(example)?);
         }
@@ -237,18 +243,11 @@ mod tests {
     }
 
     #[test]
-    fn balanced_rows_weigh_more_the_rarer_their_label() {
-        let row = |label: &str| NliRow {
-            premise: String::new(),
-            hypothesis: String::new(),
-            label: label.to_string(),
-            claim_id: None,
-            claim_label: None,
-        };
-        let rows: Vec<NliRow> = ["neutral", "neutral", "neutral", "contradiction"].map(row).into();
-        assert_eq!(label_weights(&rows, false), [1.0; 4]);
+    fn rarer_labels_weigh_more() {
+        let labels = ["neutral", "neutral", "neutral", "contradiction"];
         // Shares 3/4 and 1/4 over two labels: (1.5)^-0.5 and (0.5)^-0.5.
-        let weights = label_weights(&rows, true);
+        let weights = label_weights(&labels, 0.5);
         assert!((weights[0] - 1.5f32.powf(-0.5)).abs() < 1e-6 && (weights[3] - 2f32.sqrt()).abs() < 1e-6);
+        assert_eq!(label_weights(&labels, 0.0), [1.0; 4]);
     }
 }

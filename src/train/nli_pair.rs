@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::finetune::{DataFile, DataSummary, Rng};
 use super::logistic::{self, Targets};
-use super::nli::{allowed, selection_score};
+use super::nli::{allowed, label_weights, selection_score};
 use crate::eval::nli::{score, NliRow, NliScores};
 use crate::model::heads::{softmax, DenseHead};
 use crate::runtime::Engine;
@@ -96,18 +96,15 @@ pub struct PairTrainReport {
 /// class weights of `power` (see [`POWER_GRID`]).
 pub fn fit(sets: &[DataSet], pairs: &[(usize, usize)], l2: f32, power: f32) -> Result<DenseHead> {
     ensure!(!pairs.is_empty(), "no training pairs");
-    let mut counts: Vec<BTreeMap<&str, usize>> = vec![BTreeMap::new(); sets.len()];
-    for &(f, i) in pairs {
-        *counts[f].entry(sets[f].rows[i].label.as_str()).or_default() += 1;
+    // Labels are balanced within each data file.
+    let mut raw = vec![0f32; pairs.len()];
+    for (f, set) in sets.iter().enumerate() {
+        let members: Vec<usize> = (0..pairs.len()).filter(|&p| pairs[p].0 == f).collect();
+        let labels: Vec<&str> = members.iter().map(|&p| set.rows[pairs[p].1].label.as_str()).collect();
+        for (&p, weight) in members.iter().zip(label_weights(&labels, power)) {
+            raw[p] = weight;
+        }
     }
-    let raw: Vec<f32> = pairs
-        .iter()
-        .map(|&(f, i)| {
-            let total: usize = counts[f].values().sum();
-            let share = counts[f][sets[f].rows[i].label.as_str()] as f32 / total as f32;
-            (share * counts[f].len() as f32).powf(-power)
-        })
-        .collect();
     let mean = raw.iter().sum::<f32>() / raw.len() as f32;
     let weights: Vec<f32> = raw.iter().map(|w| w / mean).collect();
     let mask: Vec<f32> =
