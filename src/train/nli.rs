@@ -129,6 +129,11 @@ pub fn train(
     options: &FinetuneOptions,
     bar: &ProgressBar,
 ) -> Result<NliTrainReport> {
+    // Checked before the encoder loads, so a typo fails at once.
+    if let Some(unknown) = balanced.iter().find(|name| !train_files.iter().any(|f| &f.name() == *name)) {
+        let names: Vec<String> = train_files.iter().map(DataFile::name).collect();
+        anyhow::bail!("--balance {unknown} names no training file's data set (they are: {})", names.join(", "));
+    }
     let session = Session::start(options)?;
     let device = session.device.clone();
     let mut rng = Rng::new(options.seed);
@@ -136,10 +141,6 @@ pub fn train(
         allowed(&row.label)?;
         Ok(Cached::new(session.tokenizer.encode_pair(&row.premise, &row.hypothesis)?, Example { row, weight }))
     };
-    if let Some(unknown) = balanced.iter().find(|name| !train_files.iter().any(|f| &f.name() == *name)) {
-        let names: Vec<String> = train_files.iter().map(DataFile::name).collect();
-        anyhow::bail!("--balance {unknown} names no training file's data set (they are: {})", names.join(", "));
-    }
     let mut train: Vec<Cached<Example>> = Vec::new();
     for file in train_files {
         let rows = read_rows::<NliRow>(std::slice::from_ref(file), &mut rng)?;
