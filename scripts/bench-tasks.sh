@@ -8,9 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 data="${CONCORD_SHARED_DIR:-../shared}/data"
-./scripts/fetch-models.sh >/dev/null
-cargo build --release --locked --bin concord 2>/dev/null
-bin="$CARGO_TARGET_DIR/release/concord"
+build_concord
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 cat "$data/olid/dev.jsonl" "$data/toxic_spans/dev.jsonl" | head -n 2000 > "$scratch/moderation.jsonl"

@@ -12,3 +12,9 @@ if [[ -z "${CONCORD_SHARED_DIR:-}" && ! -d ../shared ]]; then
     export CONCORD_SHARED_DIR="$(cd "$origin/../shared" && pwd)"
   fi
 fi
+# Fetches the default encoder and builds the release binary, quietly; `bin` names the binary.
+build_concord() {
+  ./scripts/fetch-models.sh >/dev/null
+  cargo build --release --locked --bin concord 2>/dev/null
+  bin="$CARGO_TARGET_DIR/release/concord"
+}

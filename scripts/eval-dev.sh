@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
 # Every dev-set metric the README quotes, with the committed models, one line per data set:
 # `scripts/eval-dev.sh` for f32, `CONCORD_DTYPE=q8 scripts/eval-dev.sh` for the int8 linear
-# layers (every `concord eval` reads CONCORD_DTYPE). About 5 minutes on the 2-core machine.
+# layers (every `concord eval` reads CONCORD_DTYPE). About 1.5 minutes on the 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 data="${CONCORD_SHARED_DIR:-../shared}/data"
-./scripts/fetch-models.sh >/dev/null
-cargo build --release --locked --bin concord 2>/dev/null
-bin="$CARGO_TARGET_DIR/release/concord"
+build_concord
 echo "dtype: ${CONCORD_DTYPE:-f32}"
 # run TASK FILE METRIC...: prints the file's name and the named fields of the JSON report.
 run() {
