@@ -246,12 +246,23 @@ pub async fn check<'a>(
     // the rest follow, judged together so the engine can batch them.
     let mut claims: Vec<(usize, Range<usize>)> = claims.into_iter().enumerate().collect();
     let rest = claims.split_off(claims.len().min(1));
+    let context = CheckContext { embedder, nli, cache, text, sources };
     let judge = |claims: Vec<(usize, Range<usize>)>| {
         let retrieval = Arc::clone(&retrieval);
-        futures::stream::once(async move { retrieval.judge(embedder, nli, cache, text, sources, claims).await })
-            .try_flatten()
+        futures::stream::once(async move { retrieval.judge(context, claims).await }).try_flatten()
     };
     Ok(judge(claims).chain(judge(rest)).boxed())
+}
+
+/// What every claim of one request is checked with: the models, the cache, the request's text
+/// and its sources.
+#[derive(Clone, Copy)]
+struct CheckContext<'a> {
+    embedder: &'a Engine,
+    nli: &'a NliModel,
+    cache: &'a EmbeddingCache,
+    text: &'a str,
+    sources: &'a [Source],
 }
 
 /// Source sentences with their embeddings and content words, shared by every claim's future.
@@ -265,17 +276,13 @@ struct Retrieval {
 
 impl Retrieval {
     /// Embeds `claims`, retrieves their evidence and returns one future per claim (run together).
-    #[allow(clippy::too_many_arguments)]
     async fn judge<'a>(
         self: Arc<Self>,
-        embedder: &'a Engine,
-        nli: &'a NliModel,
-        cache: &'a EmbeddingCache,
-        text: &'a str,
-        sources: &'a [Source],
+        context: CheckContext<'a>,
         claims: Vec<(usize, Range<usize>)>,
     ) -> Result<FuturesUnordered<impl std::future::Future<Output = Result<ClaimResult, EngineError>> + 'a>, EngineError>
     {
+        let CheckContext { embedder, nli, cache, text, sources } = context;
         let claim_texts: Vec<String> = claims.iter().map(|(_, r)| text[r.clone()].to_string()).collect();
         let claim_vectors =
             if claims.is_empty() { Vec::new() } else { embed(embedder, claim_texts.clone(), true).await?.vectors };
