@@ -12,7 +12,7 @@ echo "dtype: ${CONCORD_DTYPE:-f32}"
 run() {
   local task="$1" file="$2"
   shift 2
-  "$bin" eval "$task" --data "$data/$file" --format json 2>/dev/null |
+  "$bin" eval "$task" --data "$data/$file" --format json |
     python3 -c "import json,sys; r=json.load(sys.stdin); print('$file', ' '.join(f'{k}={r[k]:.4f}' for k in sys.argv[1:]))" "$@"
 }
 run moderation toxic_spans/dev.jsonl span_f1
