@@ -7,8 +7,9 @@
 #   --sweep also measures other batch windows and sizes (used to choose the defaults).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/env.sh
 connections=32; duration=20; sweep=0
-sentences=../shared/bench/peers/workload/sentences.txt
+sentences="${CONCORD_SHARED_DIR:-../shared}/bench/peers/workload/sentences.txt"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --connections) connections=$2; shift 2 ;;
@@ -22,10 +23,7 @@ done
 if ! command -v wrk >/dev/null; then
   apt-get update -qq && apt-get install -y -qq wrk >/dev/null
 fi
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${CONCORD_HOME:-${HOME:-/root}/.cache/concord}/target}"
-./scripts/fetch-models.sh >/dev/null
-cargo build --release --locked --bin concord 2>/dev/null
-bin="$CARGO_TARGET_DIR/release/concord"
+build_concord
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
