@@ -17,6 +17,7 @@ fn main() -> std::process::ExitCode {
         .init();
     match cli::run(args) {
         Ok(code) => code,
+        Err(err) if cli::is_broken_pipe(&err) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
             std::process::ExitCode::FAILURE

@@ -191,3 +191,31 @@ async fn keep_clean_changes_never_drops_a_sides_other_edits() {
     assert!(merged.contains("tiny") && merged.contains("Friday"), "{merged}");
     assert!(["merge_ours", "merge_theirs"].contains(&body["resolution"].as_str().unwrap_or("")), "{body}");
 }
+
+/// `concord merge … | head` must end quietly when the reader closes the pipe, as Unix tools do,
+/// not panic in `print!`.
+#[test]
+fn cli_merge_into_a_closed_pipe_exits_quietly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write side");
+        path
+    };
+    let base = write("base.md", "The cat sat on the mat.\n");
+    let ours = write("ours.md", "The black cat sat on the mat.\n");
+    let theirs = write("theirs.md", "The cat sat on the red mat.\n");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_concord"))
+        .arg("merge")
+        .args([&base, &ours, &theirs])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("concord runs");
+    // Closed before the model has loaded, so the merge's only write meets a closed pipe.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("concord exits");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "exit {:?}: {stderr}", output.status);
+    assert!(!stderr.contains("panicked") && !stderr.contains("error"), "{stderr}");
+}

@@ -7,7 +7,9 @@ use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{runtime, EncoderArgs, EngineArgs, IntentModelArgs, ModelArgs, ModerationModelArgs, NliModelArgs};
+use super::{
+    print_out, runtime, EncoderArgs, EngineArgs, IntentModelArgs, ModelArgs, ModerationModelArgs, NliModelArgs,
+};
 use concord::eval;
 use concord::tasks::merge::Scorer;
 
@@ -106,8 +108,8 @@ pub fn run(command: EvalCommand) -> Result<ExitCode> {
             let report = runtime()?.block_on(eval::merge::evaluate(&engine, &scorer, &args.data, &bar))?;
             bar.finish_and_clear();
             match args.format {
-                ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-                ReportFormat::Table => print!("{}", eval::merge::table(&report)),
+                ReportFormat::Json => print_out(&(serde_json::to_string_pretty(&report)? + "\n"))?,
+                ReportFormat::Table => print_out(&eval::merge::table(&report))?,
             }
         }
         EvalCommand::Nli(args) | EvalCommand::Factcheck(args) => {
@@ -120,8 +122,8 @@ pub fn run(command: EvalCommand) -> Result<ExitCode> {
             let report = runtime()?.block_on(eval::nli::evaluate(&model, &rows, &bar))?;
             bar.finish_and_clear();
             match args.format {
-                ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-                ReportFormat::Table => print!("{}", eval::nli::table(&report)),
+                ReportFormat::Json => print_out(&(serde_json::to_string_pretty(&report)? + "\n"))?,
+                ReportFormat::Table => print_out(&eval::nli::table(&report))?,
             }
         }
         EvalCommand::Intent(args) => {
@@ -131,8 +133,8 @@ pub fn run(command: EvalCommand) -> Result<ExitCode> {
                 let rows: Vec<eval::intent::DocumentRow> = eval::read_jsonl(&args.data)?;
                 let report = eval::intent::document_regions(&rows);
                 match args.format {
-                    ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-                    ReportFormat::Table => print!("{}", eval::intent::document_table(&report)),
+                    ReportFormat::Json => print_out(&(serde_json::to_string_pretty(&report)? + "\n"))?,
+                    ReportFormat::Table => print_out(&eval::intent::document_table(&report))?,
                 }
                 return Ok(ExitCode::SUCCESS);
             }
@@ -145,8 +147,8 @@ pub fn run(command: EvalCommand) -> Result<ExitCode> {
             let report = runtime()?.block_on(eval::intent::evaluate(&model, &rows, &bar))?;
             bar.finish_and_clear();
             match args.format {
-                ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-                ReportFormat::Table => print!("{}", eval::intent::table(&report)),
+                ReportFormat::Json => print_out(&(serde_json::to_string_pretty(&report)? + "\n"))?,
+                ReportFormat::Table => print_out(&eval::intent::table(&report))?,
             }
         }
         EvalCommand::Moderation(args) => {
@@ -159,8 +161,8 @@ pub fn run(command: EvalCommand) -> Result<ExitCode> {
             let report = runtime()?.block_on(eval::moderation::evaluate(&moderator, &rows, &bar))?;
             bar.finish_and_clear();
             match args.format {
-                ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-                ReportFormat::Table => print!("{}", eval::moderation::table(&report)),
+                ReportFormat::Json => print_out(&(serde_json::to_string_pretty(&report)? + "\n"))?,
+                ReportFormat::Table => print_out(&eval::moderation::table(&report))?,
             }
         }
     }

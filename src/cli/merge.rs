@@ -70,7 +70,7 @@ pub fn run(args: MergeArgs) -> Result<ExitCode> {
     let text = if args.json { serde_json::to_string_pretty(&outcome)? + "\n" } else { outcome.merged.clone() };
     match &args.output {
         Some(path) => std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?,
-        None => print!("{text}"),
+        None => super::print_out(&text)?,
     }
     if !outcome.clean {
         eprintln!(

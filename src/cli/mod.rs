@@ -280,6 +280,28 @@ pub fn start_engine(spec: &str, model: &ModelArgs, engine: &EngineArgs) -> Resul
     Engine::start(loaded, engine.config())
 }
 
+/// Writes `text` to stdout. Unlike `print!`, which panics, a failed write (a closed pipe, as in
+/// `concord merge … | head`) comes back as an error; see [`is_broken_pipe`].
+fn print_out(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Whether `err` comes from writing to a pipe whose reader has gone, which a command line tool
+/// treats as the reader being done, not as a failure.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        let kind = cause
+            .downcast_ref::<std::io::Error>()
+            .map(std::io::Error::kind)
+            .or_else(|| cause.downcast_ref::<serde_json::Error>().and_then(serde_json::Error::io_error_kind));
+        kind == Some(std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Subcommand;
 
+use super::print_out;
 use concord::model::source;
 
 #[derive(Subcommand)]
@@ -26,19 +27,18 @@ pub fn run(command: ModelsCommand) -> Result<ExitCode> {
     match command {
         ModelsCommand::List { json } => {
             let models = source::list_cached();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&models)?);
+            let text = if json {
+                serde_json::to_string_pretty(&models)? + "\n"
             } else if models.is_empty() {
-                println!("no models cached; run scripts/fetch-models.sh (offline) or `concord models pull ID`");
+                "no models cached; run scripts/fetch-models.sh (offline) or `concord models pull ID`\n".to_string()
             } else {
-                for model in models {
-                    println!("{:<50} {:<12} {}", model.id, model.cache, model.path.display());
-                }
-            }
+                models.iter().map(|m| format!("{:<50} {:<12} {}\n", m.id, m.cache, m.path.display())).collect()
+            };
+            print_out(&text)?;
         }
         ModelsCommand::Pull { id } => {
             let path = source::download(&id)?;
-            println!("{id} -> {}", path.display());
+            print_out(&format!("{id} -> {}\n", path.display()))?;
         }
     }
     Ok(ExitCode::SUCCESS)

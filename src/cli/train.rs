@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
 use super::eval::progress_bar;
-use super::{runtime, EncoderArgs};
+use super::{print_out, runtime, EncoderArgs};
 use concord::eval::intent::IntentRow;
 use concord::eval::nli::NliRow;
 use concord::eval::{merge::MergeRow, read_jsonl};
@@ -113,7 +113,7 @@ impl FinetuneArgs {
     fn finish(&self, report: &impl serde::Serialize) -> Result<()> {
         let metrics = serde_json::to_string_pretty(report)? + "\n";
         std::fs::write(self.files.out.join("metrics.json"), &metrics)?;
-        print!("{metrics}");
+        print_out(&metrics)?;
         Ok(())
     }
 }
@@ -162,7 +162,7 @@ pub fn run(command: TrainCommand) -> Result<ExitCode> {
             std::fs::write(args.out.join("scorer.json"), serde_json::to_string_pretty(&scorer)? + "\n")?;
             let metrics = serde_json::to_string_pretty(&report)? + "\n";
             std::fs::write(args.out.join("metrics.json"), &metrics)?;
-            print!("{metrics}");
+            print_out(&metrics)?;
         }
         TrainCommand::Moderation(args) => {
             let bar = progress_bar();
@@ -201,7 +201,7 @@ pub fn run(command: TrainCommand) -> Result<ExitCode> {
             };
             let metrics = serde_json::to_string_pretty(&report)? + "\n";
             std::fs::write(files.out.join("metrics.json"), &metrics)?;
-            print!("{metrics}");
+            print_out(&metrics)?;
         }
         TrainCommand::NliPair(args) => {
             let files = &args.files;
@@ -242,7 +242,7 @@ pub fn run(command: TrainCommand) -> Result<ExitCode> {
             bar.finish_and_clear();
             let metrics = serde_json::to_string_pretty(&report)? + "\n";
             std::fs::write(files.out.join("pair-metrics.json"), &metrics)?;
-            print!("{metrics}");
+            print_out(&metrics)?;
         }
         TrainCommand::Nli(TrainNliArgs { finetune: args, balance }) => {
             let bar = progress_bar();
