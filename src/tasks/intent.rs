@@ -13,13 +13,14 @@ use std::path::Path;
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
-use similar::{ChangeTag, TextDiff};
+use similar::{Algorithm, ChangeTag, TextDiff};
 
 use crate::model::classifier::SequenceClassifier;
 use crate::model::heads::{load_head, softmax, DenseHead};
 use crate::model::EmbeddingModel;
 use crate::runtime::{Engine, EngineConfig, EngineError, Input, Want};
 use crate::tasks::embed::{embed, shared_encoder};
+use crate::text::diff::TokenDiff;
 use crate::text::offsets::{range_from_bytes, OffsetUnit};
 
 /// The labels, in the order of the head's outputs (IteraTeR's five intents, then `other`).
@@ -84,19 +85,15 @@ pub struct Diff {
 
 /// The word-level diff of an edit (offsets are bytes; the API converts them).
 pub fn diff(before: &str, after: &str) -> Diff {
-    let text_diff = TextDiff::configure()
-        .algorithm(similar::Algorithm::Patience)
-        .timeout(std::time::Duration::from_millis(500))
-        .diff_unicode_words(before, after);
+    let text_diff = TokenDiff::unicode_words(Algorithm::Patience, before, after);
     let mut changes: Vec<Change> = Vec::new();
     let (mut b, mut a) = (0usize, 0usize);
     let (mut added, mut removed) = (0usize, 0usize);
     let mut removed_words: Vec<String> = Vec::new();
     let mut added_words: Vec<String> = Vec::new();
-    for change in text_diff.iter_all_changes() {
-        let value = change.value();
+    for (tag, value) in text_diff.changes() {
         let len = value.len();
-        match change.tag() {
+        match tag {
             ChangeTag::Equal => {
                 b += len;
                 a += len;
@@ -195,13 +192,8 @@ pub const FEATURES: usize = 9;
 /// `d` is the edit's [`diff`].
 pub fn features(before: &str, after: &str, d: &Diff) -> [f32; FEATURES] {
     let longest = before.chars().count().max(after.chars().count()).max(1) as f32;
-    let char_ratio = TextDiff::configure()
-        .algorithm(similar::Algorithm::Myers)
-        .timeout(std::time::Duration::from_millis(200))
-        .diff_chars(before, after)
-        .ratio();
-    let word_ratio =
-        TextDiff::configure().timeout(std::time::Duration::from_millis(200)).diff_unicode_words(before, after).ratio();
+    let char_ratio = TokenDiff::chars(Algorithm::Myers, before, after).ratio();
+    let word_ratio = TokenDiff::unicode_words(Algorithm::Myers, before, after).ratio();
     let flag = |k: DiffKind| if d.kind == k { 1.0 } else { 0.0 };
     let (b, a) = (before.chars().count().max(1) as f32, after.chars().count() as f32);
     [

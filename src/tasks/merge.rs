@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::runtime::{Engine, EngineError, Input, Want};
+use crate::text::diff::TokenDiff;
 use crate::text::diff3::{diff3, Region, RegionKind};
 use crate::text::offsets::{range_from_bytes, OffsetUnit};
 use crate::text::segment::Granularity;
@@ -240,11 +241,7 @@ fn word_similarity(a: &str, b: &str) -> f32 {
     if a.is_empty() && b.is_empty() {
         return 1.0;
     }
-    similar::TextDiff::configure()
-        .algorithm(similar::Algorithm::Patience)
-        .timeout(std::time::Duration::from_millis(200))
-        .diff_words(a, b)
-        .ratio()
+    TokenDiff::words(similar::Algorithm::Patience, a, b).ratio()
 }
 
 /// Whitespace-normalised text, for comparing resolutions as people read them.

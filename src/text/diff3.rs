@@ -3,8 +3,9 @@
 
 use std::ops::Range;
 
-use similar::{capture_diff_slices, Algorithm, DiffOp};
+use similar::{Algorithm, DiffOp};
 
+use super::diff::bounded_ops;
 use super::segment::{self, Granularity};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +47,7 @@ fn matches(base: &[&str], other: &[&str]) -> Vec<Option<usize>> {
     let mut map = vec![None; base.len()];
     // Patience anchors on tokens unique to both sides, so common words and spaces do not become
     // spurious anchors that split one edit into several.
-    for op in capture_diff_slices(Algorithm::Patience, base, other) {
+    for op in bounded_ops(Algorithm::Patience, base, other) {
         if let DiffOp::Equal { old_index, new_index, len } = op {
             for k in 0..len {
                 map[old_index + k] = Some(new_index + k);
