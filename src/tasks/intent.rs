@@ -7,21 +7,22 @@
 //! not encoded at all: they were four fifths of the tokens and added nothing the head could use.
 //! `semantic_change` is the head's probability of `meaning-changed`.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
-use similar::{Algorithm, ChangeTag, TextDiff};
+use similar::{Algorithm, ChangeTag, DiffOp};
 
 use crate::model::classifier::SequenceClassifier;
 use crate::model::heads::{load_head, softmax, DenseHead};
 use crate::model::EmbeddingModel;
 use crate::runtime::{Engine, EngineConfig, EngineError, Input, Want};
 use crate::tasks::embed::{embed, shared_encoder};
-use crate::text::diff::TokenDiff;
-use crate::text::offsets::{range_from_bytes, OffsetUnit};
+use crate::text::diff::{bounded_ops, TokenDiff};
+use crate::text::offsets::{range_from_bytes, OffsetIndex, OffsetUnit};
 
 /// The labels, in the order of the head's outputs (IteraTeR's five intents, then `other`).
 pub const LABELS: [&str; 6] = ["clarity", "fluency", "coherence", "style", "meaning-changed", "other"];
@@ -440,14 +441,15 @@ impl IntentModel {
             .map(|r| (before[r.before.clone()].to_string(), after[r.after.clone()].to_string()))
             .collect();
         let results = if pairs.is_empty() { Vec::new() } else { self.classify(&pairs).await? };
+        let (before_offsets, after_offsets) = (OffsetIndex::new(before, unit), OffsetIndex::new(after, unit));
         Ok(regions
             .into_iter()
             .zip(pairs)
             .zip(results)
             .map(|((region, (before_text, after_text)), mut result)| {
                 result.diff = result.diff.in_unit(&before_text, &after_text, unit);
-                let [before_start, before_end] = range_from_bytes(before, region.before, unit);
-                let [after_start, after_end] = range_from_bytes(after, region.after, unit);
+                let [before_start, before_end] = before_offsets.range(region.before);
+                let [after_start, after_end] = after_offsets.range(region.after);
                 DocumentEdit {
                     op: region.op,
                     before_start,
@@ -491,7 +493,7 @@ pub fn align(before: &str, after: &str) -> Vec<Region> {
     let (bs, as_) = (sentence_ranges(before), sentence_ranges(after));
     let b_texts: Vec<&str> = bs.iter().map(|r| &before[r.clone()]).collect();
     let a_texts: Vec<&str> = as_.iter().map(|r| &after[r.clone()]).collect();
-    let diff = TextDiff::configure().algorithm(similar::Algorithm::Patience).diff_slices(&b_texts, &a_texts);
+    let ops = bounded_ops(Algorithm::Patience, &b_texts, &a_texts);
     // Where an insertion or deletion sits when it has no sentence on one side: the gap after
     // the previous sentence.
     let gap = |ranges: &[Range<usize>], index: usize, text: &str| -> Range<usize> {
@@ -502,29 +504,34 @@ pub fn align(before: &str, after: &str) -> Vec<Region> {
         (Some(&first), Some(&last)) => Some(ranges[first].start..ranges[last].end),
         _ => None,
     };
-    let changed: Vec<(Range<usize>, Range<usize>)> = diff
-        .ops()
+    let changed: Vec<(Range<usize>, Range<usize>)> = ops
         .iter()
         .filter(|op| op.tag() != similar::DiffTag::Equal)
         .map(|op| (op.old_range(), op.new_range()))
         .collect();
-    // A sentence removed in one place and added unchanged in another moved.
-    let mut unmatched_after: Vec<usize> = changed.iter().flat_map(|(_, new)| new.clone()).collect();
+    // A sentence removed in one place and added unchanged in another moved; each removed
+    // sentence takes the first unmatched added sentence with its text.
+    let mut unmatched_after: HashMap<&str, VecDeque<usize>> = HashMap::new();
+    for j in changed.iter().flat_map(|(_, new)| new.clone()) {
+        unmatched_after.entry(a_texts[j]).or_default().push_back(j);
+    }
     let mut moves: Vec<(usize, usize)> = Vec::new();
     for i in changed.iter().flat_map(|(old, _)| old.clone()) {
-        if let Some(k) = unmatched_after.iter().position(|&j| a_texts[j] == b_texts[i]) {
-            moves.push((i, unmatched_after.remove(k)));
+        if let Some(j) = unmatched_after.get_mut(b_texts[i]).and_then(VecDeque::pop_front) {
+            moves.push((i, j));
         }
     }
+    let moved_before: HashSet<usize> = moves.iter().map(|m| m.0).collect();
+    let moved_after: HashSet<usize> = moves.iter().map(|m| m.1).collect();
     let mut regions = Vec::new();
     for (old, new) in changed {
-        let old: Vec<usize> = old.clone().filter(|i| !moves.iter().any(|m| m.0 == *i)).collect();
-        let new: Vec<usize> = new.clone().filter(|j| !moves.iter().any(|m| m.1 == *j)).collect();
+        let old: Vec<usize> = old.clone().filter(|i| !moved_before.contains(i)).collect();
+        let new: Vec<usize> = new.clone().filter(|j| !moved_after.contains(j)).collect();
         let (before_range, after_range) = match (span(&bs, &old), span(&as_, &new)) {
             (None, None) => continue,
             (Some(b), Some(a)) => (b, a),
-            (Some(b), None) => (b, gap(&as_, new_start(&diff, &old), after)),
-            (None, Some(a)) => (gap(&bs, old_start(&diff, &new), before), a),
+            (Some(b), None) => (b, gap(&as_, new_start(&ops, &old), after)),
+            (None, Some(a)) => (gap(&bs, old_start(&ops, &new), before), a),
         };
         let op = match (before_range.is_empty(), after_range.is_empty()) {
             (true, _) => "insert",
@@ -541,15 +548,15 @@ pub fn align(before: &str, after: &str) -> Vec<Region> {
 }
 
 /// Index of the after-side sentence where a deletion of `old` sentences sits.
-fn new_start(diff: &TextDiff<'_, '_, '_, str>, old: &[usize]) -> usize {
+fn new_start(ops: &[DiffOp], old: &[usize]) -> usize {
     let first = old.first().copied().unwrap_or(0);
-    diff.ops().iter().find(|op| op.old_range().contains(&first)).map_or(0, |op| op.new_range().start)
+    ops.iter().find(|op| op.old_range().contains(&first)).map_or(0, |op| op.new_range().start)
 }
 
 /// Index of the before-side sentence where an insertion of `new` sentences sits.
-fn old_start(diff: &TextDiff<'_, '_, '_, str>, new: &[usize]) -> usize {
+fn old_start(ops: &[DiffOp], new: &[usize]) -> usize {
     let first = new.first().copied().unwrap_or(0);
-    diff.ops().iter().find(|op| op.new_range().contains(&first)).map_or(0, |op| op.old_range().start)
+    ops.iter().find(|op| op.new_range().contains(&first)).map_or(0, |op| op.old_range().start)
 }
 
 #[cfg(test)]

@@ -57,6 +57,37 @@ pub fn range_from_bytes(text: &str, range: std::ops::Range<usize>, unit: OffsetU
     [from_byte(text, range.start, unit), from_byte(text, range.end, unit)]
 }
 
+/// Byte offsets of one text converted into `unit` from a table built in one pass, for callers
+/// with many offsets into a long text (a document's edits), where [`from_byte`] would rescan the
+/// text for each.
+pub struct OffsetIndex {
+    /// At each char boundary, the offset in the unit; unused inside characters.
+    units: Vec<u32>,
+}
+
+impl OffsetIndex {
+    pub fn new(text: &str, unit: OffsetUnit) -> Self {
+        let mut units = vec![0u32; text.len() + 1];
+        let mut count = 0u32;
+        for (i, c) in text.char_indices() {
+            units[i] = count;
+            count += match unit {
+                OffsetUnit::Utf8 => c.len_utf8(),
+                OffsetUnit::Char => 1,
+                OffsetUnit::Utf16 => c.len_utf16(),
+            } as u32;
+        }
+        units[text.len()] = count;
+        Self { units }
+    }
+
+    /// A half-open byte range (on char boundaries) converted into the unit.
+    pub fn range(&self, range: std::ops::Range<usize>) -> [usize; 2] {
+        let at = |byte: usize| self.units[byte.min(self.units.len() - 1)] as usize;
+        [at(range.start), at(range.end)]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,6 +100,19 @@ mod tests {
             for unit in [OffsetUnit::Utf8, OffsetUnit::Char, OffsetUnit::Utf16] {
                 let converted = from_byte(TEXT, byte, unit);
                 assert_eq!(to_byte(TEXT, converted, unit), Some(byte), "{unit:?} at byte {byte}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_index_agrees_with_from_byte() {
+        for unit in [OffsetUnit::Utf8, OffsetUnit::Char, OffsetUnit::Utf16] {
+            let index = OffsetIndex::new(TEXT, unit);
+            let boundaries: Vec<usize> = TEXT.char_indices().map(|(i, _)| i).chain([TEXT.len()]).collect();
+            for &start in &boundaries {
+                for &end in boundaries.iter().filter(|&&end| end >= start) {
+                    assert_eq!(index.range(start..end), range_from_bytes(TEXT, start..end, unit), "{unit:?}");
+                }
             }
         }
     }
