@@ -33,6 +33,13 @@ pub fn pin_cpu_threads() {
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
 }
 
+/// Runs CPU-bound task work (diffs of long texts) on tokio's blocking pool, so it does not hold
+/// an async worker thread that other requests need while it runs (up to about a second for the
+/// longest inputs the size limits allow).
+pub async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, EngineError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| EngineError::Model(format!("background task failed: {e}")))
+}
+
 /// How the engine batches and admits work.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {

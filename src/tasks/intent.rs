@@ -19,7 +19,7 @@ use similar::{Algorithm, ChangeTag, DiffOp};
 use crate::model::classifier::SequenceClassifier;
 use crate::model::heads::{load_head, softmax, DenseHead};
 use crate::model::EmbeddingModel;
-use crate::runtime::{Engine, EngineConfig, EngineError, Input, Want};
+use crate::runtime::{off_runtime, Engine, EngineConfig, EngineError, Input, Want};
 use crate::tasks::embed::{embed, shared_encoder};
 use crate::text::diff::{bounded_ops, TokenDiff};
 use crate::text::offsets::{range_from_bytes, OffsetIndex, OffsetUnit};
@@ -247,8 +247,15 @@ pub struct EncodedEdit {
 /// Encodes `edits` with `engine`, a sentence-embedding model: the removed and the inserted text
 /// of every edit in one call. An empty side embeds as zeros.
 pub async fn encode_edits(engine: &Engine, edits: &[(String, String)]) -> Result<Vec<EncodedEdit>, EngineError> {
-    let diffs: Vec<Diff> = edits.iter().map(|(b, a)| diff(b, a)).collect();
-    let sides: Vec<(String, String)> = edits.iter().zip(&diffs).map(|((b, a), d)| changed_text(b, a, d)).collect();
+    let owned = edits.to_vec();
+    let (diffs, sides, diff_features) = off_runtime(move || {
+        let diffs: Vec<Diff> = owned.iter().map(|(b, a)| diff(b, a)).collect();
+        let sides: Vec<(String, String)> = owned.iter().zip(&diffs).map(|((b, a), d)| changed_text(b, a, d)).collect();
+        let diff_features: Vec<[f32; FEATURES]> =
+            owned.iter().zip(&diffs).map(|((b, a), d)| features(b, a, d)).collect();
+        (diffs, sides, diff_features)
+    })
+    .await?;
     let mut texts = Vec::with_capacity(2 * edits.len());
     for (removed, inserted) in &sides {
         texts.extend([removed, inserted].into_iter().filter(|t| !t.trim().is_empty()).cloned());
@@ -262,11 +269,11 @@ pub async fn encode_edits(engine: &Engine, edits: &[(String, String)]) -> Result
             vectors.next().unwrap_or_else(|| vec![0f32; dimensions])
         }
     };
-    Ok(edits
-        .iter()
-        .zip(sides)
+    Ok(sides
+        .into_iter()
         .zip(diffs)
-        .map(|(((before, after), (removed, inserted)), diff)| {
+        .zip(diff_features)
+        .map(|(((removed, inserted), diff), diff_features)| {
             let (removed, inserted) = (next(&removed), next(&inserted));
             let mut input = Vec::with_capacity(head_inputs(dimensions));
             input.extend(&removed);
@@ -274,7 +281,7 @@ pub async fn encode_edits(engine: &Engine, edits: &[(String, String)]) -> Result
             let product: Vec<f32> = removed.iter().zip(&inserted).map(|(r, i)| r * i).collect();
             input.extend(removed.iter().zip(&inserted).map(|(r, i)| (r - i).abs()));
             input.extend(&product);
-            input.extend(features(before, after, &diff));
+            input.extend(diff_features);
             // Unit vectors (or zeros for an empty side): the cosine is the sum of the product.
             input.push(product.iter().sum());
             EncodedEdit { input, diff }
@@ -367,18 +374,20 @@ impl IntentModel {
             Kind::Hub { classifier, order } => {
                 let inputs = edits.iter().map(|(b, a)| Input::Pair(b.clone(), a.clone())).collect();
                 let want = Want { normalize: false, token_states: true };
+                let owned = edits.to_vec();
+                let diffs: Vec<Diff> = off_runtime(move || owned.iter().map(|(b, a)| diff(b, a)).collect()).await?;
                 self.engine
                     .encode(inputs, want, true)
                     .await?
                     .iter()
-                    .zip(edits)
-                    .map(|(item, (before, after))| {
+                    .zip(diffs)
+                    .map(|(item, diff)| {
                         let first = item.token_states.as_ref().and_then(|s| s.first()).map_or(&[][..], Vec::as_slice);
                         let mut probs = vec![0f32; LABELS.len()];
                         for (&index, prob) in order.iter().zip(classifier.probabilities(first)) {
                             probs[index] += prob;
                         }
-                        (probs, diff(before, after))
+                        (probs, diff)
                     })
                     .collect()
             }
@@ -435,7 +444,10 @@ impl IntentModel {
         after: &str,
         unit: OffsetUnit,
     ) -> Result<Vec<DocumentEdit>, EngineError> {
-        let regions = align(before, after);
+        let regions = {
+            let (before, after) = (before.to_owned(), after.to_owned());
+            off_runtime(move || align(&before, &after)).await?
+        };
         let pairs: Vec<(String, String)> = regions
             .iter()
             .map(|r| (before[r.before.clone()].to_string(), after[r.after.clone()].to_string()))

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::{Engine, EngineError, Input, Want};
+use crate::runtime::{off_runtime, Engine, EngineError, Input, Want};
 use crate::text::diff::TokenDiff;
 use crate::text::diff3::{diff3, Region, RegionKind};
 use crate::text::offsets::{range_from_bytes, OffsetUnit};
@@ -341,15 +341,22 @@ pub async fn signals(
         ],
     )
     .await?;
+    let [ours_base_similarity, theirs_base_similarity, sides_similarity] = {
+        let (base, ours, theirs) = (base.to_owned(), ours.to_owned(), theirs.to_owned());
+        off_runtime(move || {
+            [word_similarity(&base, &ours), word_similarity(&base, &theirs), word_similarity(&ours, &theirs)]
+        })
+        .await?
+    };
     let conflicts: Vec<&Region> = regions.iter().filter(|r| r.kind == RegionKind::Conflict).collect();
     let conflict_bytes: usize = conflicts.iter().map(|r| r.ours.len() + r.theirs.len()).sum();
     let (no, nt) = (normalize_ws(ours), normalize_ws(theirs));
     Ok(Signals {
         clean: conflicts.is_empty(),
         conflicts: conflicts.len(),
-        ours_base_similarity: word_similarity(base, ours),
-        theirs_base_similarity: word_similarity(base, theirs),
-        sides_similarity: word_similarity(ours, theirs),
+        ours_base_similarity,
+        theirs_base_similarity,
+        sides_similarity,
         ours_base_cosine: cosine(&eo, &eb),
         theirs_base_cosine: cosine(&et, &eb),
         sides_cosine: cosine(&eo, &et),
@@ -410,7 +417,10 @@ pub async fn merge(
     theirs: &str,
     options: MergeOptions,
 ) -> Result<MergeOutcome, EngineError> {
-    let regions = diff3(base, ours, theirs, options.granularity);
+    let regions = {
+        let (base, ours, theirs) = (base.to_owned(), ours.to_owned(), theirs.to_owned());
+        off_runtime(move || diff3(&base, &ours, &theirs, options.granularity)).await?
+    };
     let signals = signals(engine, base, ours, theirs, &regions).await?;
     let features = signals.features();
     let count = |kind| regions.iter().filter(|r| r.kind == kind).count();
