@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use similar::algorithms::IdentifyDistinct;
-use similar::{capture_diff, Algorithm, ChangeTag, DiffOp};
+use similar::{capture_diff, Algorithm, ChangeTag, DiffOp, DiffableStr};
 
 /// Myers steps (diagonals tried and tokens compared) a diff may spend on checking edit
 /// distances, once for the whole texts and at most once more for the line-by-line fallback:
@@ -36,18 +36,17 @@ impl<'a> TokenDiff<'a> {
 
     /// Characters of `old` and `new`.
     pub fn chars(algorithm: Algorithm, old: &'a str, new: &'a str) -> Self {
-        Self::new(algorithm, split_chars(old), split_chars(new))
+        Self::new(algorithm, old.tokenize_chars(), new.tokenize_chars())
     }
 
     /// Unicode words, spaces and punctuation (UAX #29 word boundaries).
     pub fn unicode_words(algorithm: Algorithm, old: &'a str, new: &'a str) -> Self {
-        use unicode_segmentation::UnicodeSegmentation;
-        Self::new(algorithm, old.split_word_bounds().collect(), new.split_word_bounds().collect())
+        Self::new(algorithm, old.tokenize_unicode_words(), new.tokenize_unicode_words())
     }
 
     /// Runs of whitespace and of non-whitespace.
     pub fn words(algorithm: Algorithm, old: &'a str, new: &'a str) -> Self {
-        Self::new(algorithm, split_whitespace_runs(old), split_whitespace_runs(new))
+        Self::new(algorithm, old.tokenize_words(), new.tokenize_words())
     }
 
     /// Twice the matched tokens over all tokens, in 0..=1 (1 for two empty sequences).
@@ -210,29 +209,6 @@ fn push_replaced(ops: &mut Vec<DiffOp>, old: Range<usize>, new: Range<usize>) {
     }
 }
 
-fn split_chars(text: &str) -> Vec<&str> {
-    text.char_indices().map(|(i, c)| &text[i..i + c.len_utf8()]).collect()
-}
-
-/// Runs of whitespace and of non-whitespace, as `similar`'s word diff splits text.
-fn split_whitespace_runs(text: &str) -> Vec<&str> {
-    let mut runs = Vec::new();
-    let mut start = 0;
-    let mut previous: Option<bool> = None;
-    for (i, c) in text.char_indices() {
-        let space = c.is_whitespace();
-        if previous.is_some_and(|p| p != space) {
-            runs.push(&text[start..i]);
-            start = i;
-        }
-        previous = Some(space);
-    }
-    if start < text.len() {
-        runs.push(&text[start..]);
-    }
-    runs
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,13 +267,6 @@ mod tests {
     }
 
     #[test]
-    fn whitespace_runs_split_like_similar() {
-        for text in ["", " ", "a", "  two  words\n\tand more ", "x\u{a0}y"] {
-            assert_eq!(split_whitespace_runs(text), similar::DiffableStr::tokenize_words(text), "{text:?}");
-        }
-    }
-
-    #[test]
     fn far_apart_edits_in_a_long_text_are_diffed_exactly() {
         let text = babble(3, 12_000, 10);
         let old = format!("Start here.\n{text}End here.\n");
@@ -349,7 +318,7 @@ mod tests {
     fn the_edit_distance_check_agrees_with_the_edit_distance() {
         let cases = [("abc", "abc", 0), ("abc", "abd", 2), ("", "abc", 3), ("kitten", "sitting", 5)];
         for (old, new, distance) in cases {
-            let (a, b) = (split_chars(old), split_chars(new));
+            let (a, b) = (old.tokenize_chars(), new.tokenize_chars());
             let cost = |budget: usize| myers_steps(&a, 0..a.len(), &b, 0..b.len(), budget);
             let used = cost(usize::MAX).expect("unbounded budget fits");
             assert!(used >= a.len() + b.len() + distance, "{old} → {new}: {used} steps");
