@@ -398,12 +398,12 @@ pub struct SpanInput {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ClaimView {
-    start: usize,
-    end: usize,
-    text: String,
-    verdict: Verdict,
-    confidence: f32,
-    evidence: Vec<EvidenceView>,
+    pub start: usize,
+    pub end: usize,
+    pub text: String,
+    pub verdict: Verdict,
+    pub confidence: f32,
+    pub evidence: Vec<EvidenceView>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -471,32 +471,44 @@ impl Job {
 
     pub fn view(&self, result: ClaimResult) -> ClaimView {
         let [start, end] = range_from_bytes(&self.text, result.range.clone(), self.unit);
-        ClaimView {
-            start,
-            end,
-            text: self.text[result.range].to_string(),
-            verdict: result.verdict,
-            confidence: result.confidence,
-            evidence: result
-                .evidence
-                .into_iter()
-                .map(|e| {
-                    let source = self.sources.iter().find(|s| s.id == e.source_id);
-                    let [start, end] =
-                        range_from_bytes(source.map_or("", |s| s.text.as_str()), e.range.clone(), self.unit);
-                    EvidenceView {
-                        source_id: e.source_id,
-                        title: source.and_then(|s| s.title.clone()),
-                        url: source.and_then(|s| s.url.clone()),
-                        start,
-                        end,
-                        text: e.text,
-                        retrieval_score: e.retrieval_score,
-                        scores: e.scores,
-                    }
-                })
-                .collect(),
-        }
+        claim_view(&self.text[result.range.clone()], [start, end], result, &self.sources, self.unit)
+    }
+}
+
+/// A claim's result as the API reports it: `claim` is its text and `offsets` its range in the
+/// caller's unit; evidence offsets are converted into `unit` within each cited source.
+pub fn claim_view(
+    claim: &str,
+    offsets: [usize; 2],
+    result: ClaimResult,
+    sources: &[Source],
+    unit: OffsetUnit,
+) -> ClaimView {
+    let [start, end] = offsets;
+    ClaimView {
+        start,
+        end,
+        text: claim.to_string(),
+        verdict: result.verdict,
+        confidence: result.confidence,
+        evidence: result
+            .evidence
+            .into_iter()
+            .map(|e| {
+                let source = sources.iter().find(|s| s.id == e.source_id);
+                let [start, end] = range_from_bytes(source.map_or("", |s| s.text.as_str()), e.range.clone(), unit);
+                EvidenceView {
+                    source_id: e.source_id,
+                    title: source.and_then(|s| s.title.clone()),
+                    url: source.and_then(|s| s.url.clone()),
+                    start,
+                    end,
+                    text: e.text,
+                    retrieval_score: e.retrieval_score,
+                    scores: e.scores,
+                }
+            })
+            .collect(),
     }
 }
 
@@ -509,7 +521,7 @@ pub struct InvalidRequest {
 }
 
 impl InvalidRequest {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
         Self { code, message: message.into() }
     }
 }
@@ -541,22 +553,6 @@ impl FactcheckRequest {
                 "`sources` is empty: give at least one source to check against",
             ));
         }
-        if request.sources.len() > MAX_SOURCES {
-            return Err(InvalidRequest::new(
-                "too_many_sources",
-                format!("{} sources; the limit is {MAX_SOURCES} per request", request.sources.len()),
-            ));
-        }
-        let mut ids = std::collections::HashSet::new();
-        for (i, source) in request.sources.iter().enumerate() {
-            if !ids.insert(source.id.as_str()) {
-                return Err(InvalidRequest::new(
-                    "duplicate_source_id",
-                    format!("sources[{i}].id '{}' is used twice", source.id),
-                ));
-            }
-            check_chars(&format!("sources[{i}].text"), &source.text, max_chars)?;
-        }
         let top_k = request.top_k.unwrap_or(3);
         if top_k == 0 || top_k > MAX_TOP_K {
             return Err(InvalidRequest::new("invalid_top_k", format!("`top_k` must be within 1..={MAX_TOP_K}")));
@@ -582,13 +578,31 @@ impl FactcheckRequest {
                 .collect::<Result<Vec<_>, _>>()?,
             None => claim_ranges(&request.text),
         };
-        let sources = request
-            .sources
-            .into_iter()
-            .map(|s| Source { id: s.id, text: s.text, title: s.title, url: s.url })
-            .collect();
+        let sources = validate_sources(request.sources, max_chars)?;
         Ok(Job { text: request.text, sources, claims, unit: request.offsets, options: FactcheckOptions { top_k } })
     }
+}
+
+/// Checks sources (at most [`MAX_SOURCES`], unique ids, each text at most `max_chars`
+/// characters) and takes them over.
+pub fn validate_sources(sources: Vec<SourceInput>, max_chars: usize) -> Result<Vec<Source>, InvalidRequest> {
+    if sources.len() > MAX_SOURCES {
+        return Err(InvalidRequest::new(
+            "too_many_sources",
+            format!("{} sources; the limit is {MAX_SOURCES} per request", sources.len()),
+        ));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for (i, source) in sources.iter().enumerate() {
+        if !ids.insert(source.id.as_str()) {
+            return Err(InvalidRequest::new(
+                "duplicate_source_id",
+                format!("sources[{i}].id '{}' is used twice", source.id),
+            ));
+        }
+        check_chars(&format!("sources[{i}].text"), &source.text, max_chars)?;
+    }
+    Ok(sources.into_iter().map(|s| Source { id: s.id, text: s.text, title: s.title, url: s.url }).collect())
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use crate::runtime::{off_runtime, Engine, EngineConfig, EngineError, Input, Want
 use crate::tasks::embed::{embed, shared_encoder};
 use crate::text::diff::{bounded_ops, TokenDiff};
 use crate::text::offsets::{range_from_bytes, OffsetIndex, OffsetUnit};
+use crate::text::segment;
 
 /// The labels, in the order of the head's outputs (IteraTeR's five intents, then `other`).
 pub const LABELS: [&str; 6] = ["clarity", "fluency", "coherence", "style", "meaning-changed", "other"];
@@ -486,23 +487,11 @@ pub struct Region {
     pub op: &'static str,
 }
 
-/// Sentences of `text` as trimmed byte ranges (empty ones dropped).
-fn sentence_ranges(text: &str) -> Vec<Range<usize>> {
-    use unicode_segmentation::UnicodeSegmentation;
-    text.split_sentence_bound_indices()
-        .filter_map(|(start, s)| {
-            let trimmed = s.trim();
-            let offset = start + (s.len() - s.trim_start().len());
-            (!trimmed.is_empty()).then_some(offset..offset + trimmed.len())
-        })
-        .collect()
-}
-
 /// Aligns two versions of a document sentence by sentence (patience diff over sentences, so
 /// split and merged sentences form one region) and returns every edited region. A sentence
 /// deleted in one place and inserted unchanged in another is reported as two `move` regions.
 pub fn align(before: &str, after: &str) -> Vec<Region> {
-    let (bs, as_) = (sentence_ranges(before), sentence_ranges(after));
+    let (bs, as_) = (segment::sentence_ranges(before), segment::sentence_ranges(after));
     let b_texts: Vec<&str> = bs.iter().map(|r| &before[r.clone()]).collect();
     let a_texts: Vec<&str> = as_.iter().map(|r| &after[r.clone()]).collect();
     let ops = bounded_ops(Algorithm::Patience, &b_texts, &a_texts);

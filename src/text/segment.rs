@@ -41,6 +41,17 @@ pub fn tokens(text: &str, granularity: Granularity) -> Vec<&str> {
     out
 }
 
+/// The non-blank sentences of `text` (UAX #29 sentence boundaries), trimmed, as byte ranges.
+pub fn sentence_ranges(text: &str) -> Vec<std::ops::Range<usize>> {
+    text.split_sentence_bound_indices()
+        .filter_map(|(start, sentence)| {
+            let trimmed = sentence.trim();
+            let offset = start + (sentence.len() - sentence.trim_start().len());
+            (!trimmed.is_empty()).then_some(offset..offset + trimmed.len())
+        })
+        .collect()
+}
+
 /// Splits `text` into consecutive byte ranges of at most `max_bytes` (when possible), cut at
 /// sentence boundaries, else word boundaries, else characters: models see bounded windows and
 /// every offset still maps back into `text`. An empty text gives one empty range.
