@@ -5,6 +5,7 @@ pub mod error;
 mod factcheck;
 mod intent;
 mod json;
+mod live;
 mod merge;
 mod metrics;
 mod moderate;
@@ -56,8 +57,10 @@ pub struct AppState {
     pub nli: Option<Arc<NliModel>>,
     /// The edit-intent model; `/v1/intent` answers 503 without one.
     pub intent: Option<Arc<IntentModel>>,
-    /// Source sentence embeddings for `/v1/factcheck`, by content hash.
+    /// Source sentence embeddings for `/v1/factcheck` and live sessions, by content hash.
     pub factcheck_cache: EmbeddingCache,
+    /// Places for open `/v1/live` sessions.
+    pub live_sessions: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -71,6 +74,7 @@ impl AppState {
             nli: None,
             intent: None,
             factcheck_cache: EmbeddingCache::new(FACTCHECK_CACHE_SENTENCES),
+            live_sessions: Arc::new(tokio::sync::Semaphore::new(live::MAX_SESSIONS)),
         }
     }
 
@@ -127,6 +131,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nli", post(nli::create))
         .route("/v1/factcheck", post(factcheck::create))
         .route("/v1/intent", post(intent::create))
+        .route("/v1/live", get(live::connect))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -230,8 +235,10 @@ async fn info(State(state): State<SharedState>) -> Json<Info> {
         moderate::create,
         nli::create,
         factcheck::create,
-        intent::create
-    )
+        intent::create,
+        live::connect
+    ),
+    components(schemas(live::ClientMessage, live::ServerMessage))
 )]
 pub struct ApiDoc;
 

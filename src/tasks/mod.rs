@@ -3,6 +3,7 @@
 pub mod embed;
 pub mod factcheck;
 pub mod intent;
+pub mod live;
 pub mod merge;
 pub mod moderate;
 pub mod nli;
