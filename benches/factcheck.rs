@@ -3,10 +3,15 @@
 //! the time to the first streamed claim and to the last, with the source embeddings cold (first
 //! request) and cached (the same sources again, as while someone types).
 //!
+//! Then the same document as a live session (`/v1/live`): the first pass annotates every
+//! sentence (moderation) and claim; after an edit to one sentence, a pass scores only that one.
+//!
 //! `cargo bench --bench factcheck` (run `scripts/fetch-models.sh` first; reads ../shared/data);
 //! `CONCORD_DTYPE=q8` runs the models with int8 linear layers, as `concord serve --dtype q8`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Device;
@@ -14,7 +19,10 @@ use concord::model::source::DEFAULT_MODEL;
 use concord::model::EmbeddingModel;
 use concord::runtime::{Engine, EngineConfig};
 use concord::tasks::factcheck::{check, claim_ranges, EmbeddingCache, FactcheckOptions, Source};
+use concord::tasks::live::{annotate, AnnotationCache, Change, LiveDocument, LiveModels, LiveSettings};
+use concord::tasks::moderate::{Moderator, DEFAULT_MODEL_DIR as MODERATION_DIR};
 use concord::tasks::nli::{NliModel, DEFAULT_MODEL_DIR};
+use concord::text::offsets::OffsetUnit;
 use futures::StreamExt;
 
 fn workload() -> (String, Vec<Source>) {
@@ -104,5 +112,50 @@ fn main() {
             first.as_secs_f64() * 1e3,
             total.as_secs_f64() * 1e3
         );
+    }
+
+    live_session(&runtime, &embedder, &nli, &cache, dtype, &text, sources);
+}
+
+/// Times a live session's passes: the whole document, then one pass after each of three edits.
+fn live_session(
+    runtime: &tokio::runtime::Runtime,
+    embedder: &Engine,
+    nli: &NliModel,
+    cache: &EmbeddingCache,
+    dtype: candle_core::DType,
+    text: &str,
+    sources: Vec<Source>,
+) {
+    let moderator =
+        Moderator::load(MODERATION_DIR, &Device::Cpu, dtype, EngineConfig::default()).expect("moderation model loads");
+    let models = LiveModels { embedder, moderator: Some(&moderator), nli: Some(nli), source_cache: cache };
+    let settings = LiveSettings {
+        thresholds: BTreeMap::new(),
+        sources: Arc::new(sources),
+        factcheck: FactcheckOptions { top_k: 3 },
+    };
+    let mut document = LiveDocument::open(text.to_string(), OffsetUnit::Utf16, usize::MAX).expect("the document opens");
+    let mut annotations = AnnotationCache::default();
+    let mut pass = |document: &LiveDocument, label: &str| {
+        let started = Instant::now();
+        let result = runtime.block_on(annotate(document, &settings, models, &mut annotations)).expect("annotated");
+        println!(
+            "live, {label}: {} annotations in {:.0} ms",
+            result.annotations.len(),
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    };
+    pass(&document, "first pass");
+    for edit in 0..3 {
+        // Before the last character (the full stop) of the (edit + 2)-th claim, as a participant
+        // types a word there.
+        let claim = &claim_ranges(document.text())[edit + 2];
+        let sentence = &document.text()[claim.clone()];
+        let last = sentence.chars().last().map_or(0, char::len_utf8);
+        let at = document.text()[..claim.end - last].encode_utf16().count();
+        let change = Change { start: at, end: at, text: " today".to_string() };
+        document.apply("bench", None, &[change]).expect("the edit applies");
+        pass(&document, "after a one-sentence edit");
     }
 }
