@@ -148,6 +148,10 @@ async fn annotates_each_participants_edits() {
     let rechecked = receive_kind(&mut socket, "annotations", 2).await;
     let claim = rechecked["annotations"].as_array().and_then(|a| a.iter().find(eiffel)).expect("the claim");
     assert_eq!(claim["evidence"][0]["source_id"], "s2");
+
+    let metrics = reqwest::get(server.url("/metrics")).await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("concord_live_sessions"), "{metrics}");
+    assert!(metrics.contains("concord_live_pass_duration_seconds_count"), "{metrics}");
 }
 
 /// Sends `message` and expects an error with `code` back.

@@ -150,6 +150,12 @@ struct PassOutcome {
 type Pass = JoinHandle<PassOutcome>;
 
 async fn run(mut socket: WebSocket, state: SharedState, _permit: OwnedSemaphorePermit) {
+    metrics::gauge!("concord_live_sessions").increment(1.0);
+    serve_session(&mut socket, &state).await;
+    metrics::gauge!("concord_live_sessions").decrement(1.0);
+}
+
+async fn serve_session(socket: &mut WebSocket, state: &SharedState) {
     let mut session: Option<Session> = None;
     let mut due: Option<Instant> = None;
     let mut pass: Option<Pass> = None;
@@ -169,7 +175,7 @@ async fn run(mut socket: WebSocket, state: SharedState, _permit: OwnedSemaphoreP
         };
         let reply = tokio::select! {
             message = socket.recv() => match message {
-                Some(Ok(Message::Text(text))) => match handle(&state, &mut session, text.as_str()) {
+                Some(Ok(Message::Text(text))) => match handle(state, &mut session, text.as_str()) {
                     Ok(reply) => {
                         due = session.as_ref().map(|s| Instant::now() + s.debounce);
                         Some(reply)
@@ -184,7 +190,7 @@ async fn run(mut socket: WebSocket, state: SharedState, _permit: OwnedSemaphoreP
             },
             () = wait => {
                 due = None;
-                match session.as_mut().map(|s| start_pass(&state, s)) {
+                match session.as_mut().map(|s| start_pass(state, s)) {
                     Some(Ok(started)) => {
                         pass = Some(started);
                         None
@@ -210,7 +216,7 @@ async fn run(mut socket: WebSocket, state: SharedState, _permit: OwnedSemaphoreP
             }
         };
         if let Some(reply) = reply {
-            if send(&mut socket, &reply).await.is_err() {
+            if send(socket, &reply).await.is_err() {
                 break;
             }
         }
@@ -307,7 +313,10 @@ fn start_pass(state: &SharedState, session: &mut Session) -> Result<Pass, ApiErr
                     nli: state.nli.as_deref(),
                     source_cache: &state.factcheck_cache,
                 };
-                annotate(&document, &settings, models, &mut cache).await
+                let started = std::time::Instant::now();
+                let result = annotate(&document, &settings, models, &mut cache).await;
+                metrics::histogram!("concord_live_pass_duration_seconds").record(started.elapsed().as_secs_f64());
+                result
             }
             Err(_) => Err(EngineError::Stopped),
         };
