@@ -3,8 +3,9 @@
 //! the time to the first streamed claim and to the last, with the source embeddings cold (first
 //! request) and cached (the same sources again, as while someone types).
 //!
-//! Then the same document as a live session (`/v1/live`): the first pass annotates every
-//! sentence (moderation) and claim; after an edit to one sentence, a pass scores only that one.
+//! Then the same document as a live session (`/v1/live` with the moderation, NLI and intent
+//! models): the first pass annotates every sentence and claim; after an edit to one sentence, a
+//! pass scores only that one (and classifies the edits made since the session opened).
 //!
 //! `cargo bench --bench factcheck` (run `scripts/fetch-models.sh` first; reads ../shared/data);
 //! `CONCORD_DTYPE=q8` runs the models with int8 linear layers, as `concord serve --dtype q8`.
@@ -19,6 +20,7 @@ use concord::model::source::DEFAULT_MODEL;
 use concord::model::EmbeddingModel;
 use concord::runtime::{Engine, EngineConfig};
 use concord::tasks::factcheck::{check, claim_ranges, EmbeddingCache, FactcheckOptions, Source};
+use concord::tasks::intent::{IntentModel, DEFAULT_MODEL_DIR as INTENT_DIR};
 use concord::tasks::live::{annotate, AnnotationCache, Change, LiveDocument, LiveModels, LiveSettings};
 use concord::tasks::moderate::{Moderator, DEFAULT_MODEL_DIR as MODERATION_DIR};
 use concord::tasks::nli::{NliModel, DEFAULT_MODEL_DIR};
@@ -129,7 +131,16 @@ fn live_session(
 ) {
     let moderator =
         Moderator::load(MODERATION_DIR, &Device::Cpu, dtype, EngineConfig::default()).expect("moderation model loads");
-    let models = LiveModels { embedder, moderator: Some(&moderator), nli: Some(nli), source_cache: cache };
+    let intent =
+        IntentModel::load(INTENT_DIR, std::slice::from_ref(embedder), &Device::Cpu, dtype, EngineConfig::default())
+            .expect("intent model loads");
+    let models = LiveModels {
+        embedder,
+        moderator: Some(&moderator),
+        nli: Some(nli),
+        intent: Some(&intent),
+        source_cache: cache,
+    };
     let settings = LiveSettings {
         thresholds: BTreeMap::new(),
         sources: Arc::new(sources),

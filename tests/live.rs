@@ -9,6 +9,7 @@ use std::time::Duration;
 use candle_core::{DType, Device};
 use concord::runtime::EngineConfig;
 use concord::server::Limits;
+use concord::tasks::intent::{IntentModel, DEFAULT_MODEL_DIR as INTENT_MODEL_DIR};
 use concord::tasks::nli::{NliModel, DEFAULT_MODEL_DIR};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -22,8 +23,10 @@ async fn server() -> common::TestServer {
     let nli = NliModel::load(DEFAULT_MODEL_DIR, &[], &Device::Cpu, DType::F32, config.clone())
         .expect("the committed NLI model loads");
     let moderator = common::load_moderator(config.clone());
+    let intent = IntentModel::load(INTENT_MODEL_DIR, &[], &Device::Cpu, DType::F32, config.clone())
+        .expect("the committed intent model loads");
     common::TestServer::start_state(config, Limits::default(), |state| {
-        state.with_nli(Arc::new(nli)).with_moderator(Arc::new(moderator))
+        state.with_nli(Arc::new(nli)).with_moderator(Arc::new(moderator)).with_intent(Arc::new(intent))
     })
     .await
 }
@@ -89,13 +92,14 @@ async fn annotates_each_participants_edits() {
     .await;
     let ready = receive_kind(&mut socket, "ready", 0).await;
     assert_eq!(ready["offsets"], "utf16");
-    assert_eq!(ready["tasks"], json!(["moderation", "factcheck"]));
+    assert_eq!(ready["tasks"], json!(["moderation", "factcheck", "intent"]));
     let first = receive_kind(&mut socket, "annotations", 0).await;
     let eiffel = |a: &&Value| a["kind"] == "claim" && a["text"].as_str().unwrap_or("").contains("Eiffel");
     let claim = first["annotations"].as_array().and_then(|a| a.iter().find(eiffel)).expect("the claim is checked");
     assert_eq!(claim["text"], "The Eiffel Tower was completed in 1889.");
     assert_eq!(claim["evidence"][0]["source_id"], "s1");
     assert_eq!(claim["participants"], json!([]), "nobody has edited yet");
+    assert!(first["annotations"].as_array().is_some_and(|a| a.iter().all(|a| a["kind"] != "edit")), "no edits yet");
 
     // Alice appends an insult after the emoji (two UTF-16 units); Bob edits the first sentence.
     let end = OPENING.encode_utf16().count();
@@ -130,8 +134,29 @@ async fn annotates_each_participants_edits() {
     assert_eq!(utf16_slice(&text, claim), "The Eiffel Tower was completed in 1890.");
     // Each participant's list holds the annotations on text they edited, in the ranked order.
     let index_of = |wanted: &Value| annotations.iter().position(|a| a == wanted).expect("listed") as u64;
+    // The two edits since the session opened, each with its intent and its author.
+    let edit_by = |who: &str| {
+        annotations.iter().find(|a| a["kind"] == "edit" && a["participants"] == json!([who])).expect("an edit")
+    };
+    let (bobs, alices) = (edit_by("bob"), edit_by("alice"));
+    assert_eq!(
+        (bobs["op"].as_str(), bobs["before"].as_str()),
+        (Some("replace"), Some("The Eiffel Tower was completed in 1889."))
+    );
+    assert_eq!(utf16_slice(&text, bobs), "The Eiffel Tower was completed in 1890.");
+    assert_eq!((alices["op"].as_str(), alices["before"].as_str()), (Some("insert"), Some("")));
+    assert_eq!(utf16_slice(&text, alices), "You are an absolute idiot.");
+    for edit in [bobs, alices] {
+        let intent = edit["intent"].as_str().unwrap_or("");
+        assert!(edit["scores"].get(intent).is_some(), "{edit}");
+        assert_eq!(edit["severity"], "info");
+    }
     let by_participant = &latest["by_participant"];
-    assert_eq!(by_participant["bob"], json!([index_of(claim)]), "{latest:#}");
+    let bobs_list: Vec<u64> =
+        by_participant["bob"].as_array().expect("bob's list").iter().filter_map(Value::as_u64).collect();
+    let mut expected = vec![index_of(claim), index_of(bobs)];
+    expected.sort_unstable();
+    assert_eq!(bobs_list, expected, "{latest:#}");
     // Alice's sentence is also a claim the sources say nothing about; the flagged text ranks first.
     assert_eq!(by_participant["alice"][0], index_of(insult));
     for i in by_participant["alice"].as_array().expect("alice's list") {

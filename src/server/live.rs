@@ -1,5 +1,6 @@
 //! `GET /v1/live`: a WebSocket session that mirrors one document edit by edit and pushes its
-//! annotations (offending sentences, checked claims) back, ranked for each participant.
+//! annotations (offending sentences, checked claims, edit intents) back, ranked for each
+//! participant.
 //!
 //! The client (a collaboration backend) sends JSON text messages: `open` (the text and the
 //! session's settings), `edit` (a participant's changes), `sources` (new sources to check
@@ -39,7 +40,9 @@ const MAX_DEBOUNCE_MS: u64 = 10_000;
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientMessage {
-    /// Starts (or restarts) the session on `text` at version 0.
+    /// Starts (or restarts) the session on `text` at version 0. Edit annotations describe the
+    /// changes since this text, so opening again (say, when the document is saved) moves that
+    /// baseline.
     Open {
         #[serde(default)]
         text: String,
@@ -73,7 +76,8 @@ pub enum ClientMessage {
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
-    /// The session is open at `version` 0; `tasks` lists what it annotates.
+    /// The session is open at `version` 0; `tasks` lists what it annotates (`moderation`,
+    /// `factcheck`, `intent`, as the loaded models allow).
     Ready { version: u64, offsets: OffsetUnit, tasks: Vec<&'static str>, max_chars: usize },
     /// An edit was applied; the document is now at `version`.
     Ack { version: u64 },
@@ -96,17 +100,17 @@ pub struct LiveError {
         (status = 101, description = "WebSocket session: JSON messages `open`, `edit`, `sources` in; `ready`, `ack`, `annotations`, `error` out"),
         (status = 400, description = "not a WebSocket upgrade request (`websocket_required`; 426 for an unsupported WebSocket version)", body = ErrorBody),
         (status = 429, description = "too many live sessions", body = ErrorBody),
-        (status = 503, description = "neither a moderation nor an NLI model is loaded", body = ErrorBody),
+        (status = 503, description = "no moderation, NLI or intent model is loaded", body = ErrorBody),
     ))]
 pub async fn connect(
     State(state): State<SharedState>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    if state.moderator.is_none() && state.nli.is_none() {
+    if state.moderator.is_none() && state.nli.is_none() && state.intent.is_none() {
         return Err(ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             "model_unavailable",
-            "live sessions annotate with the moderation or the NLI model; start `concord serve` with one",
+            "live sessions annotate with the moderation, NLI or intent model; start `concord serve` with one",
         ));
     }
     let upgrade = upgrade.map_err(|rejection| {
@@ -268,6 +272,9 @@ fn handle(state: &SharedState, session: &mut Option<Session>, text: &str) -> Res
             if state.nli.is_some() {
                 tasks.push("factcheck");
             }
+            if state.intent.is_some() {
+                tasks.push("intent");
+            }
             Ok(ServerMessage::Ready { version: 0, offsets, tasks, max_chars })
         }
         ClientMessage::Edit { participant, version, changes } => {
@@ -300,6 +307,9 @@ fn start_pass(state: &SharedState, session: &mut Session) -> Result<Pass, ApiErr
     if let Some(nli) = state.nli.as_deref() {
         admissions.push(nli.engine().admit()?);
     }
+    if let Some(intent) = state.intent.as_deref() {
+        admissions.push(intent.engine().admit()?);
+    }
     let mut cache = session.cache.take().unwrap_or_default();
     let (state, document, settings) = (Arc::clone(state), session.document.clone(), session.settings.clone());
     let generation = session.generation;
@@ -311,6 +321,7 @@ fn start_pass(state: &SharedState, session: &mut Session) -> Result<Pass, ApiErr
                     embedder,
                     moderator: state.moderator.as_deref(),
                     nli: state.nli.as_deref(),
+                    intent: state.intent.as_deref(),
                     source_cache: &state.factcheck_cache,
                 };
                 let started = std::time::Instant::now();

@@ -1,6 +1,7 @@
 //! A live document: the text a collaboration backend mirrors into Concord edit by edit, who
-//! touched which part of it, and the annotations of its current version (offending sentences
-//! and checked claims), each listed for the participants whose edits it covers.
+//! touched which part of it, and the annotations of its current version (offending sentences,
+//! checked claims, and the intent of each region edited since the session opened), each listed
+//! for the participants whose edits it covers.
 //!
 //! Annotating again after an edit scores only the sentences and claims whose text is new to
 //! the session; the rest come from its caches, so a keystroke costs one sentence, not the
@@ -15,9 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use super::factcheck::{self, claim_view, ClaimResult, EmbeddingCache, EvidenceView, FactcheckOptions, InvalidRequest};
 use super::factcheck::{Source, Verdict};
+use super::intent::{align, IntentModel, IntentResult, Region};
 use super::moderate::{Moderation, Moderator, SpanResult};
 use super::nli::NliModel;
-use crate::runtime::{Engine, EngineError};
+use crate::runtime::{off_runtime, Engine, EngineError};
 use crate::text::offsets::{to_byte, OffsetIndex, OffsetUnit};
 use crate::text::segment;
 
@@ -48,6 +50,8 @@ struct Run {
 /// The mirrored text, its version (one per accepted edit) and its authorship.
 #[derive(Debug, Clone)]
 pub struct LiveDocument {
+    /// The text the document was opened with: edit annotations describe the changes since.
+    baseline: Arc<str>,
     text: String,
     version: u64,
     unit: OffsetUnit,
@@ -63,7 +67,15 @@ impl LiveDocument {
     pub fn open(text: String, unit: OffsetUnit, max_chars: usize) -> Result<Self, InvalidRequest> {
         check_size(&text, max_chars)?;
         let runs = vec![Run { len: text.len(), author: None }];
-        Ok(Self { text, version: 0, unit, max_chars, participants: Vec::new(), runs })
+        Ok(Self {
+            baseline: Arc::from(text.as_str()),
+            text,
+            version: 0,
+            unit,
+            max_chars,
+            participants: Vec::new(),
+            runs,
+        })
     }
 
     pub fn text(&self) -> &str {
@@ -213,7 +225,8 @@ fn splice(runs: &[Run], replaced: Range<usize>, inserted: usize, author: usize) 
 }
 
 /// How much an annotation asks for attention: `problem` (a flagged sentence, a refuted claim),
-/// `warning` (a claim the sources neither support nor refute), `info` (a supported claim).
+/// `warning` (a claim the sources neither support nor refute), `info` (a supported claim, an
+/// edit's intent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
@@ -231,18 +244,22 @@ pub enum Finding {
     Moderation { categories: BTreeMap<String, bool>, category_scores: BTreeMap<String, f32>, spans: Vec<SpanResult> },
     /// A claim checked against the session's sources, with its evidence.
     Claim { verdict: Verdict, confidence: f32, evidence: Vec<EvidenceView> },
+    /// A region edited since the session opened: `op` (`replace`, `insert`, `delete`, `move`),
+    /// the region's text then (`before`), and why it was edited (as `/v1/intent` reports it).
+    Edit { op: &'static str, before: String, intent: String, scores: BTreeMap<String, f32>, semantic_change: f32 },
 }
 
 /// One annotation of the current text.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Annotation {
-    /// The annotated sentence, offsets in the session's unit.
+    /// The annotated sentence (an edit: the region as it is now, empty where text was
+    /// deleted), offsets in the session's unit.
     pub start: usize,
     pub end: usize,
     pub text: String,
     pub severity: Severity,
     /// What annotations of one severity are ranked by: the highest flagged category score of a
-    /// moderation finding, the confidence of a claim's verdict.
+    /// moderation finding, the confidence of a claim's verdict, an edit's `semantic_change`.
     pub score: f32,
     /// Participants whose edits wrote or deleted text in the sentence; empty when it is all
     /// text the document was opened with.
@@ -270,6 +287,7 @@ pub struct LiveModels<'a> {
     pub embedder: &'a Engine,
     pub moderator: Option<&'a Moderator>,
     pub nli: Option<&'a NliModel>,
+    pub intent: Option<&'a IntentModel>,
     /// Source sentence embeddings, shared with `/v1/factcheck`.
     pub source_cache: &'a EmbeddingCache,
 }
@@ -290,6 +308,8 @@ pub struct LiveSettings {
 pub struct AnnotationCache {
     moderation: HashMap<String, Moderation>,
     claims: HashMap<String, ClaimResult>,
+    /// By the region's text then and now.
+    intents: HashMap<(String, String), IntentResult>,
 }
 
 impl AnnotationCache {
@@ -312,9 +332,10 @@ pub async fn annotate(
         Some(_) if !settings.sources.is_empty() => factcheck::claim_ranges(text),
         _ => Vec::new(),
     };
-    let (moderations, verdicts) = futures::try_join!(
+    let (moderations, verdicts, edits) = futures::try_join!(
         moderate_new(models.moderator, text, &sentences, &settings.thresholds, &mut cache.moderation),
         check_new(&models, text, &claims, settings, &mut cache.claims),
+        classify_new(models.intent, document, &mut cache.intents),
     )?;
     let index = OffsetIndex::new(text, document.unit());
     let mut annotations = Vec::new();
@@ -339,6 +360,25 @@ pub async fn annotate(
             score: view.confidence,
             participants: document.participants_in(range),
             finding: Finding::Claim { verdict: view.verdict, confidence: view.confidence, evidence: view.evidence },
+        });
+    }
+    for (region, (before, result)) in edits {
+        let range = region.after.clone();
+        let [start, end] = index.range(range.clone());
+        annotations.push(Annotation {
+            start,
+            end,
+            text: text[range.clone()].to_string(),
+            severity: Severity::Info,
+            score: result.semantic_change,
+            participants: document.participants_in(&range),
+            finding: Finding::Edit {
+                op: region.op,
+                before,
+                intent: result.intent,
+                scores: result.scores,
+                semantic_change: result.semantic_change,
+            },
         });
     }
     annotations
@@ -417,6 +457,41 @@ async fn check_new(
         .iter()
         .map(|r| {
             cache.get(&text[r.clone()]).cloned().ok_or_else(|| EngineError::Model("claim cache lost a claim".into()))
+        })
+        .collect()
+}
+
+/// The regions edited since the document opened, each with its text then and its intent,
+/// classifying the (then, now) pairs `cache` lacks; `cache` keeps just these.
+async fn classify_new(
+    intent: Option<&IntentModel>,
+    document: &LiveDocument,
+    cache: &mut HashMap<(String, String), IntentResult>,
+) -> Result<Vec<(Region, (String, IntentResult))>, EngineError> {
+    let Some(intent) = intent else {
+        return Ok(Vec::new());
+    };
+    let (baseline, text) = (Arc::clone(&document.baseline), document.text.clone());
+    let regions = off_runtime(move || align(&baseline, &text)).await?;
+    let pairs: Vec<(String, String)> = regions
+        .iter()
+        .map(|r| (document.baseline[r.before.clone()].to_string(), document.text[r.after.clone()].to_string()))
+        .collect();
+    let mut missing: Vec<(String, String)> = pairs.iter().filter(|p| !cache.contains_key(*p)).cloned().collect();
+    missing.sort_unstable();
+    missing.dedup();
+    if !missing.is_empty() {
+        let results = intent.classify(&missing).await?;
+        cache.extend(missing.into_iter().zip(results));
+    }
+    let keep: HashSet<&(String, String)> = pairs.iter().collect();
+    cache.retain(|pair, _| keep.contains(pair));
+    regions
+        .into_iter()
+        .zip(pairs)
+        .map(|(region, pair)| match cache.get(&pair) {
+            Some(result) => Ok((region, (pair.0, result.clone()))),
+            None => Err(EngineError::Model("intent cache lost an edit".into())),
         })
         .collect()
 }
