@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use super::error::{ApiError, Body as ErrorBody};
 use super::moderate::validate_thresholds;
 use super::SharedState;
-use crate::runtime::{Admission, EngineError};
+use crate::runtime::{off_runtime, Admission, EngineError};
 use crate::tasks::factcheck::{validate_sources, FactcheckOptions, SourceInput, MAX_TOP_K};
 use crate::tasks::live::{annotate, AnnotationCache, Annotations, Change, LiveDocument, LiveModels, LiveSettings};
 use crate::text::offsets::OffsetUnit;
@@ -179,7 +179,7 @@ async fn serve_session(socket: &mut WebSocket, state: &SharedState) {
         };
         let reply = tokio::select! {
             message = socket.recv() => match message {
-                Some(Ok(Message::Text(text))) => match handle(state, &mut session, text.as_str()) {
+                Some(Ok(Message::Text(text))) => match handle(state, &mut session, text.as_str()).await {
                     Ok(reply) => {
                         due = session.as_ref().map(|s| Instant::now() + s.debounce);
                         Some(reply)
@@ -231,7 +231,7 @@ async fn serve_session(socket: &mut WebSocket, state: &SharedState) {
 }
 
 /// Applies one client message to the session and returns the reply.
-fn handle(state: &SharedState, session: &mut Option<Session>, text: &str) -> Result<ServerMessage, ApiError> {
+async fn handle(state: &SharedState, session: &mut Option<Session>, text: &str) -> Result<ServerMessage, ApiError> {
     let message: ClientMessage = serde_json::from_str(text)
         .map_err(|err| ApiError::bad_request("invalid_message", format!("not a valid message: {err}")))?;
     match message {
@@ -279,7 +279,16 @@ fn handle(state: &SharedState, session: &mut Option<Session>, text: &str) -> Res
         }
         ClientMessage::Edit { participant, version, changes } => {
             let session = session.as_mut().ok_or_else(not_open)?;
-            let version = session.document.apply(&participant, version, &changes)?;
+            // Up to a thousand changes over a long text take a while to convert and apply:
+            // off the async workers, which serve the other sessions and requests.
+            let mut document = session.document.clone();
+            let (document, applied) = off_runtime(move || {
+                let applied = document.apply(&participant, version, &changes);
+                (document, applied)
+            })
+            .await?;
+            let version = applied?;
+            session.document = document;
             Ok(ServerMessage::Ack { version })
         }
         ClientMessage::Sources { sources } => {

@@ -24,7 +24,7 @@ use crate::text::offsets::{to_byte, OffsetIndex, OffsetUnit};
 use crate::text::segment;
 
 /// Most changes in one edit message.
-pub const MAX_CHANGES: usize = 10_000;
+pub const MAX_CHANGES: usize = 1_000;
 /// Longest participant id, in characters.
 pub const MAX_PARTICIPANT_CHARS: usize = 200;
 
