@@ -33,6 +33,8 @@ use crate::text::offsets::OffsetUnit;
 pub const MAX_SESSIONS: usize = 256;
 /// Quiet time after an edit before annotating, unless `open` sets another.
 const DEFAULT_DEBOUNCE_MS: u64 = 300;
+/// Least wait before retrying a pass the engines refused as overloaded.
+const OVERLOAD_RETRY: Duration = Duration::from_secs(1);
 /// Longest debounce a session may ask for.
 const MAX_DEBOUNCE_MS: u64 = 10_000;
 
@@ -200,8 +202,9 @@ async fn serve_session(socket: &mut WebSocket, state: &SharedState) {
                         None
                     }
                     Some(Err(err)) => {
-                        // Overloaded: say so and try again after another interval.
-                        due = session.as_ref().map(|s| Instant::now() + s.debounce);
+                        // Overloaded: say so and try again after another interval (at least
+                        // a second, so a zero debounce does not spin).
+                        due = session.as_ref().map(|s| Instant::now() + s.debounce.max(OVERLOAD_RETRY));
                         Some(error(&err))
                     }
                     None => None,
