@@ -239,8 +239,15 @@ async fn handle(state: &SharedState, session: &mut Option<Session>, text: &str) 
         .map_err(|err| ApiError::bad_request("invalid_message", format!("not a valid message: {err}")))?;
     match message {
         ClientMessage::Open { text, offsets, sources, thresholds, top_k, debounce_ms } => {
-            if let Some(moderator) = state.moderator.as_deref() {
-                validate_thresholds(moderator, &thresholds)?;
+            match state.moderator.as_deref() {
+                Some(moderator) => validate_thresholds(moderator, &thresholds)?,
+                None if !thresholds.is_empty() => {
+                    return Err(ApiError::invalid(
+                        "unknown_category",
+                        "`thresholds` needs a moderation model, and this server has none",
+                    ))
+                }
+                None => {}
             }
             let top_k = top_k.unwrap_or(3);
             if top_k == 0 || top_k > MAX_TOP_K {
