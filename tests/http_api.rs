@@ -201,3 +201,34 @@ async fn openapi_document_describes_every_route() {
         "#/components/schemas/ErrorBody"
     );
 }
+
+#[tokio::test]
+async fn an_api_key_guards_every_route_but_health() {
+    let server = TestServer::start_state(EngineConfig::default(), Limits::default(), |state| {
+        state.with_api_key("s3cret".to_string())
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let body = json!({"input": "hello"});
+    let embed = |key: Option<&str>| {
+        let request = client.post(server.url("/v1/embeddings")).json(&body);
+        match key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        }
+    };
+    for (key, message) in [(None, "needs an API key"), (Some("guess"), "wrong")] {
+        let response = embed(key).send().await.expect("request");
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        let error: Value = response.json().await.expect("JSON error");
+        assert_eq!(code(&error), "unauthorized");
+        assert!(error["error"]["message"].as_str().unwrap_or("").contains(message), "{error}");
+    }
+    let response = embed(Some("s3cret")).send().await.expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    let info = client.get(server.url("/info")).send().await.expect("request");
+    assert_eq!(info.status(), StatusCode::UNAUTHORIZED, "/info is guarded too");
+    let health = client.get(server.url("/health")).send().await.expect("request");
+    assert_eq!(health.status(), StatusCode::OK, "/health stays open for probes");
+}

@@ -141,6 +141,10 @@ struct ServeArgs {
     nli: NliModelArgs,
     #[command(flatten)]
     intent: IntentModelArgs,
+    /// Require this key as a bearer token (`Authorization: Bearer KEY`) on every route but
+    /// /health. Prefer the environment variable: command lines are visible to other users.
+    #[arg(long, env = "CONCORD_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 /// Which moderation model to load.
@@ -309,6 +313,10 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
+            // An empty key would be a server its operator believes protected, and is not:
+            // refused before the models load.
+            let api_key = args.api_key.as_deref().map(str::trim).map(String::from);
+            anyhow::ensure!(api_key.as_deref() != Some(""), "--api-key (CONCORD_API_KEY) is set but empty");
             let engines = args
                 .models
                 .iter()
@@ -329,6 +337,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
             if let Some(intent) = args.intent.load(state.models.all(), &args.model, &args.engine)? {
                 state = state.with_intent(Arc::new(intent));
+            }
+            if let Some(key) = api_key {
+                state = state.with_api_key(key);
             }
             let addr = SocketAddr::new(args.host, args.port);
             runtime()?.block_on(server::serve(state, addr))?;

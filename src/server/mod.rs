@@ -1,5 +1,6 @@
 //! The HTTP API (axum): thin handlers over the task functions.
 
+mod auth;
 mod embeddings;
 pub mod error;
 mod factcheck;
@@ -61,6 +62,8 @@ pub struct AppState {
     pub factcheck_cache: EmbeddingCache,
     /// Places for open `/v1/live` sessions.
     pub live_sessions: Arc<tokio::sync::Semaphore>,
+    /// With a key, every route but `/health` needs `Authorization: Bearer KEY`.
+    pub api_key: Option<String>,
 }
 
 impl AppState {
@@ -75,7 +78,13 @@ impl AppState {
             intent: None,
             factcheck_cache: EmbeddingCache::new(FACTCHECK_CACHE_SENTENCES),
             live_sessions: Arc::new(tokio::sync::Semaphore::new(live::MAX_SESSIONS)),
+            api_key: None,
         }
+    }
+
+    /// Requires `key` as a bearer token on every route but `/health`.
+    pub fn with_api_key(self, key: String) -> Self {
+        Self { api_key: Some(key), ..self }
     }
 
     pub fn with_moderator(self, moderator: Arc<Moderator>) -> Self {
@@ -119,6 +128,7 @@ pub type SharedState = Arc<AppState>;
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
+    let state = Arc::new(state);
     metrics::handle();
     Router::new()
         .route("/health", get(health))
@@ -135,9 +145,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), auth::require_key))
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(TraceLayer::new_for_http())
-        .with_state(Arc::new(state))
+        .with_state(state)
 }
 
 /// Serves until SIGINT/SIGTERM, then finishes the requests in flight.
