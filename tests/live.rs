@@ -240,3 +240,35 @@ async fn plain_http_and_model_less_servers_are_refused_with_json() {
         other => panic!("expected an HTTP refusal, got {other}"),
     }
 }
+
+#[tokio::test]
+async fn thirty_two_sessions_at_once_each_get_their_own_annotations() {
+    let server = server().await;
+    let sessions = (0..32).map(|i| {
+        let server = &server;
+        async move {
+            let mut socket = connect(server).await;
+            let text = format!("Session {i} opened with this sentence.");
+            send(&mut socket, json!({"type": "open", "text": text, "debounce_ms": 0})).await;
+            receive_kind(&mut socket, "ready", 0).await;
+            let end = text.encode_utf16().count();
+            let line = format!(" Participant {i} is an absolute idiot.");
+            send(
+                &mut socket,
+                json!({"type": "edit", "participant": format!("p{i}"), "version": 0,
+                "changes": [{"start": end, "end": end, "text": line}]}),
+            )
+            .await;
+            let annotations = receive_kind(&mut socket, "annotations", 1).await;
+            (i, annotations)
+        }
+    });
+    for (i, annotations) in futures::future::join_all(sessions).await {
+        let flagged = annotations["annotations"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| a["kind"] == "moderation"))
+            .unwrap_or_else(|| panic!("session {i}: {annotations}"));
+        assert_eq!(flagged["text"], format!("Participant {i} is an absolute idiot."));
+        assert_eq!(flagged["participants"], json!([format!("p{i}")]));
+    }
+}
