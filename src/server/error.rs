@@ -64,8 +64,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<crate::tasks::factcheck::InvalidRequest> for ApiError {
-    fn from(err: crate::tasks::factcheck::InvalidRequest) -> Self {
+impl From<crate::tasks::InvalidRequest> for ApiError {
+    fn from(err: crate::tasks::InvalidRequest) -> Self {
         Self::invalid(err.code, err.message)
     }
 }

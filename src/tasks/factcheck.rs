@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use super::embed::embed;
 use super::nli::NliModel;
+use super::InvalidRequest;
 use crate::runtime::{Engine, EngineError};
 use crate::text::offsets::{range_from_bytes, to_byte, OffsetUnit};
 
@@ -512,20 +513,6 @@ pub fn claim_view(
     }
 }
 
-/// A fact-check request Concord refuses, with a stable code for the API.
-#[derive(Debug, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct InvalidRequest {
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl InvalidRequest {
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
-    }
-}
-
 /// Refuses a text over `max_chars` characters; `name` says which field it was.
 fn check_chars(name: &str, text: &str, max_chars: usize) -> Result<(), InvalidRequest> {
     let chars = text.chars().count();
@@ -553,6 +540,7 @@ impl FactcheckRequest {
                 "`sources` is empty: give at least one source to check against",
             ));
         }
+        let sources = validate_sources(request.sources, max_chars)?;
         let top_k = request.top_k.unwrap_or(3);
         if top_k == 0 || top_k > MAX_TOP_K {
             return Err(InvalidRequest::new("invalid_top_k", format!("`top_k` must be within 1..={MAX_TOP_K}")));
@@ -578,7 +566,6 @@ impl FactcheckRequest {
                 .collect::<Result<Vec<_>, _>>()?,
             None => claim_ranges(&request.text),
         };
-        let sources = validate_sources(request.sources, max_chars)?;
         Ok(Job { text: request.text, sources, claims, unit: request.offsets, options: FactcheckOptions { top_k } })
     }
 }

@@ -14,11 +14,12 @@ use std::sync::Arc;
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::factcheck::{self, claim_view, ClaimResult, EmbeddingCache, EvidenceView, FactcheckOptions, InvalidRequest};
+use super::factcheck::{self, claim_view, ClaimResult, EmbeddingCache, EvidenceView, FactcheckOptions};
 use super::factcheck::{Source, Verdict};
 use super::intent::{align, IntentModel, IntentResult, Region};
 use super::moderate::{Moderation, Moderator, SpanResult};
 use super::nli::NliModel;
+use super::InvalidRequest;
 use crate::runtime::{off_runtime, Engine, EngineError};
 use crate::text::offsets::{to_byte, OffsetIndex, OffsetUnit};
 use crate::text::segment;

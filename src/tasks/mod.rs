@@ -7,3 +7,17 @@ pub mod live;
 pub mod merge;
 pub mod moderate;
 pub mod nli;
+
+/// A request a task refuses, with a stable code for the API (the server answers it with 422).
+#[derive(Debug, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct InvalidRequest {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl InvalidRequest {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
