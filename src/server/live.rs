@@ -8,7 +8,6 @@
 //! `annotations` once edits pause for the debounce interval, and `error`. A bad message gets an
 //! `error` and changes nothing; the session stays open.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,86 +15,20 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
-use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::error::{ApiError, Body as ErrorBody};
-use super::moderate::validate_thresholds;
 use super::SharedState;
 use crate::runtime::{off_runtime, Admission, EngineError};
-use crate::tasks::factcheck::{validate_sources, FactcheckOptions, SourceInput, MAX_TOP_K};
-use crate::tasks::live::{annotate, AnnotationCache, Annotations, Change, LiveDocument, LiveModels, LiveSettings};
-use crate::text::offsets::OffsetUnit;
+use crate::tasks::live::{self, annotate, parse_message, AnnotationCache, Annotations, Capabilities, LiveModels};
+use crate::tasks::live::{LiveSession, ServerMessage};
 
 /// Live sessions open at once; the next upgrade is refused with 429.
 pub const MAX_SESSIONS: usize = 256;
-/// Quiet time after an edit before annotating, unless `open` sets another.
-const DEFAULT_DEBOUNCE_MS: u64 = 300;
 /// Least wait before retrying a pass the engines refused as overloaded.
 const OVERLOAD_RETRY: Duration = Duration::from_secs(1);
-/// Longest debounce a session may ask for.
-const MAX_DEBOUNCE_MS: u64 = 10_000;
-
-/// What a client sends.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ClientMessage {
-    /// Starts (or restarts) the session on `text` at version 0. Edit annotations describe the
-    /// changes since this text, so opening again (say, when the document is saved) moves that
-    /// baseline.
-    Open {
-        #[serde(default)]
-        text: String,
-        /// Unit of every offset in the session, both ways (default `utf16`).
-        #[serde(default)]
-        offsets: OffsetUnit,
-        /// Sources to check claims against; without any, claims are not checked.
-        #[serde(default)]
-        sources: Vec<SourceInput>,
-        /// Per-category moderation thresholds in 0..1, replacing the model's defaults.
-        #[serde(default)]
-        thresholds: BTreeMap<String, f32>,
-        /// Evidence sentences checked per claim (default 3, at most 20).
-        top_k: Option<usize>,
-        /// Quiet time after an edit before annotating, in milliseconds (default 300, at most 10,000).
-        debounce_ms: Option<u64>,
-    },
-    /// One participant's changes, applied in order, all or none.
-    Edit {
-        participant: String,
-        /// The version the changes were made against; refused with `version_conflict` if the
-        /// document has moved on.
-        version: Option<u64>,
-        changes: Vec<Change>,
-    },
-    /// Replaces the sources; every claim is checked again.
-    Sources { sources: Vec<SourceInput> },
-}
-
-/// What Concord sends.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum ServerMessage {
-    /// The session is open at `version` 0; `tasks` lists what it annotates (`moderation`,
-    /// `factcheck`, `intent`, as the loaded models allow).
-    Ready { version: u64, offsets: OffsetUnit, tasks: Vec<&'static str>, max_chars: usize },
-    /// An edit was applied; the document is now at `version`.
-    Ack { version: u64 },
-    /// The annotations of `version`, the latest when they were sent.
-    Annotations(Annotations),
-    /// A message was refused (nothing changed) or annotating failed (it is retried after the
-    /// next edit); the session stays open. `error` is shaped like the HTTP API's error body.
-    Error { error: LiveError },
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct LiveError {
-    /// Stable and machine-readable, as in the HTTP API's errors.
-    code: &'static str,
-    message: String,
-}
 
 #[utoipa::path(get, path = "/v1/live",
     responses(
@@ -133,18 +66,6 @@ pub async fn connect(
     Ok(upgrade.max_message_size(max_message).on_upgrade(move |socket| run(socket, state, permit)))
 }
 
-/// An open session: the document, its settings and its caches.
-struct Session {
-    document: LiveDocument,
-    settings: LiveSettings,
-    /// Counts `open` and `sources` messages, so a pass that started before one knows its
-    /// results are stale.
-    generation: u64,
-    debounce: Duration,
-    /// Absent while a pass has it.
-    cache: Option<AnnotationCache>,
-}
-
 /// What a pass over one version hands back.
 struct PassOutcome {
     cache: AnnotationCache,
@@ -162,7 +83,13 @@ async fn run(mut socket: WebSocket, state: SharedState, _permit: OwnedSemaphoreP
 }
 
 async fn serve_session(socket: &mut WebSocket, state: &SharedState) {
-    let mut session: Option<Session> = None;
+    let capabilities = Arc::new(Capabilities {
+        moderation_categories: state.moderator.as_ref().map(|m| m.categories().map(String::from).collect()),
+        factcheck: state.nli.is_some(),
+        intent: state.intent.is_some(),
+        max_chars: state.limits.max_input_chars,
+    });
+    let mut session: Option<LiveSession> = None;
     let mut due: Option<Instant> = None;
     let mut pass: Option<Pass> = None;
     loop {
@@ -181,7 +108,7 @@ async fn serve_session(socket: &mut WebSocket, state: &SharedState) {
         };
         let reply = tokio::select! {
             message = socket.recv() => match message {
-                Some(Ok(Message::Text(text))) => match handle(state, &mut session, text.as_str()).await {
+                Some(Ok(Message::Text(text))) => match handle(&capabilities, &mut session, text.as_str()).await {
                     Ok(reply) => {
                         due = session.as_ref().map(|s| Instant::now() + s.debounce);
                         Some(reply)
@@ -233,92 +160,26 @@ async fn serve_session(socket: &mut WebSocket, state: &SharedState) {
     }
 }
 
-/// Applies one client message to the session and returns the reply.
-async fn handle(state: &SharedState, session: &mut Option<Session>, text: &str) -> Result<ServerMessage, ApiError> {
-    let message: ClientMessage = serde_json::from_str(text)
-        .map_err(|err| ApiError::bad_request("invalid_message", format!("not a valid message: {err}")))?;
-    match message {
-        ClientMessage::Open { text, offsets, sources, thresholds, top_k, debounce_ms } => {
-            match state.moderator.as_deref() {
-                Some(moderator) => validate_thresholds(moderator, &thresholds)?,
-                None if !thresholds.is_empty() => {
-                    return Err(ApiError::invalid(
-                        "unknown_category",
-                        "`thresholds` needs a moderation model, and this server has none",
-                    ))
-                }
-                None => {}
-            }
-            let top_k = top_k.unwrap_or(3);
-            if top_k == 0 || top_k > MAX_TOP_K {
-                return Err(ApiError::invalid("invalid_top_k", format!("`top_k` must be within 1..={MAX_TOP_K}")));
-            }
-            let debounce_ms = debounce_ms.unwrap_or(DEFAULT_DEBOUNCE_MS);
-            if debounce_ms > MAX_DEBOUNCE_MS {
-                return Err(ApiError::invalid(
-                    "invalid_debounce",
-                    format!("`debounce_ms` must be at most {MAX_DEBOUNCE_MS}"),
-                ));
-            }
-            let max_chars = state.limits.max_input_chars;
-            let sources = validate_sources(sources, max_chars)?;
-            let document = LiveDocument::open(text, offsets, max_chars)?;
-            let generation = session.as_ref().map_or(0, |s| s.generation + 1);
-            *session = Some(Session {
-                document,
-                generation,
-                settings: LiveSettings {
-                    thresholds,
-                    sources: Arc::new(sources),
-                    factcheck: FactcheckOptions { top_k },
-                },
-                debounce: Duration::from_millis(debounce_ms),
-                cache: Some(AnnotationCache::default()),
-            });
-            let mut tasks = Vec::new();
-            if state.moderator.is_some() {
-                tasks.push("moderation");
-            }
-            if state.nli.is_some() {
-                tasks.push("factcheck");
-            }
-            if state.intent.is_some() {
-                tasks.push("intent");
-            }
-            Ok(ServerMessage::Ready { version: 0, offsets, tasks, max_chars })
-        }
-        ClientMessage::Edit { participant, version, changes } => {
-            let session = session.as_mut().ok_or_else(not_open)?;
-            // Up to a thousand changes over a long text take a while to convert and apply:
-            // off the async workers, which serve the other sessions and requests.
-            let mut document = session.document.clone();
-            let (document, applied) = off_runtime(move || {
-                let applied = document.apply(&participant, version, &changes);
-                (document, applied)
-            })
-            .await?;
-            let version = applied?;
-            session.document = document;
-            Ok(ServerMessage::Ack { version })
-        }
-        ClientMessage::Sources { sources } => {
-            let session = session.as_mut().ok_or_else(not_open)?;
-            session.settings.sources = Arc::new(validate_sources(sources, state.limits.max_input_chars)?);
-            session.generation += 1;
-            if let Some(cache) = session.cache.as_mut() {
-                cache.sources_changed();
-            }
-            Ok(ServerMessage::Ack { version: session.document.version() })
-        }
-    }
-}
-
-fn not_open() -> ApiError {
-    ApiError::bad_request("not_open", "send an `open` message first")
+/// Parses and applies one client message on the blocking pool (a long text with many
+/// changes takes a while to convert and apply) and returns the reply.
+async fn handle(
+    capabilities: &Arc<Capabilities>,
+    session: &mut Option<LiveSession>,
+    text: &str,
+) -> Result<ServerMessage, ApiError> {
+    let message = parse_message(text)?;
+    let (mut taken, capabilities) = (session.take(), Arc::clone(capabilities));
+    let (back, reply) = off_runtime(move || {
+        let reply = live::handle(&mut taken, message, &capabilities);
+        (taken, reply)
+    })
+    .await?;
+    *session = back;
+    Ok(reply?)
 }
 
 /// Starts annotating the session's current version, under the models' admission control.
-fn start_pass(state: &SharedState, session: &mut Session) -> Result<Pass, ApiError> {
+fn start_pass(state: &SharedState, session: &mut LiveSession) -> Result<Pass, ApiError> {
     let mut admissions: Vec<Admission> = Vec::new();
     if let Some(moderator) = state.moderator.as_deref() {
         admissions.extend(moderator.admit()?);
@@ -355,7 +216,7 @@ fn start_pass(state: &SharedState, session: &mut Session) -> Result<Pass, ApiErr
 }
 
 /// Takes a pass's cache back and returns its annotations if they are still the latest.
-fn finish_pass(session: &mut Option<Session>, outcome: PassOutcome) -> Option<ServerMessage> {
+fn finish_pass(session: &mut Option<LiveSession>, outcome: PassOutcome) -> Option<ServerMessage> {
     let session = session.as_mut()?;
     let PassOutcome { mut cache, generation, result } = outcome;
     if generation != session.generation {
@@ -380,7 +241,7 @@ fn finish_pass(session: &mut Option<Session>, outcome: PassOutcome) -> Option<Se
 }
 
 fn error(err: &ApiError) -> ServerMessage {
-    ServerMessage::Error { error: LiveError { code: err.code, message: err.message.clone() } }
+    ServerMessage::error(err.code, err.message.clone())
 }
 
 async fn send(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), axum::Error> {

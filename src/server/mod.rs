@@ -249,7 +249,7 @@ async fn info(State(state): State<SharedState>) -> Json<Info> {
         intent::create,
         live::connect
     ),
-    components(schemas(live::ClientMessage, live::ServerMessage))
+    components(schemas(crate::tasks::live::ClientMessage, crate::tasks::live::ServerMessage))
 )]
 pub struct ApiDoc;
 

@@ -11,7 +11,7 @@ use super::embeddings::validate_texts;
 use super::error::{ApiError, Body as ErrorBody};
 use super::json::ApiJson;
 use super::SharedState;
-use crate::tasks::moderate::{ModerationResult, Moderator};
+use crate::tasks::moderate::ModerationResult;
 use crate::text::offsets::OffsetUnit;
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -55,7 +55,7 @@ pub async fn create(
             "no moderation model is loaded; start `concord serve` with --moderation-model DIR",
         ));
     };
-    validate_thresholds(moderator, &request.thresholds)?;
+    moderator.check_thresholds(&request.thresholds)?;
     let texts = validate_texts(request.input, &state.limits)?;
     let _admission = moderator.admit()?;
     let moderations = moderator.moderate(&texts, &request.thresholds).await?;
@@ -68,21 +68,4 @@ pub async fn create(
             .map(|(moderation, text)| moderation.report(text, request.offsets))
             .collect(),
     }))
-}
-
-/// Refuses thresholds for categories the model lacks or outside 0..1.
-pub(super) fn validate_thresholds(moderator: &Moderator, thresholds: &BTreeMap<String, f32>) -> Result<(), ApiError> {
-    for (name, &value) in thresholds {
-        if !moderator.categories().any(|c| c == name) {
-            let known: Vec<&str> = moderator.categories().collect();
-            return Err(ApiError::invalid(
-                "unknown_category",
-                format!("no category '{name}'; the model has {}", known.join(", ")),
-            ));
-        }
-        if !(0.0..=1.0).contains(&value) {
-            return Err(ApiError::invalid("invalid_threshold", format!("threshold for '{name}' must be within 0..1")));
-        }
-    }
-    Ok(())
 }

@@ -10,14 +10,16 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::factcheck::{self, claim_view, ClaimResult, EmbeddingCache, EvidenceView, FactcheckOptions};
+use super::factcheck::{self, claim_view, validate_sources, ClaimResult, EmbeddingCache, EvidenceView};
+use super::factcheck::{FactcheckOptions, SourceInput, MAX_TOP_K};
 use super::factcheck::{Source, Verdict};
 use super::intent::{align, IntentModel, IntentResult, Region};
-use super::moderate::{Moderation, Moderator, SpanResult};
+use super::moderate::{check_thresholds, Moderation, Moderator, SpanResult};
 use super::nli::NliModel;
 use super::InvalidRequest;
 use crate::runtime::{off_runtime, Engine, EngineError};
@@ -28,6 +30,179 @@ use crate::text::segment;
 pub const MAX_CHANGES: usize = 1_000;
 /// Longest participant id, in characters.
 pub const MAX_PARTICIPANT_CHARS: usize = 200;
+
+/// What a client sends: a WebSocket message of `/v1/live`, a line of `concord live`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// Starts (or restarts) the session on `text` at version 0. Edit annotations describe the
+    /// changes since this text, so opening again (say, when the document is saved) moves that
+    /// baseline.
+    Open {
+        #[serde(default)]
+        text: String,
+        /// Unit of every offset in the session, both ways (default `utf16`).
+        #[serde(default)]
+        offsets: OffsetUnit,
+        /// Sources to check claims against; without any, claims are not checked.
+        #[serde(default)]
+        sources: Vec<SourceInput>,
+        /// Per-category moderation thresholds in 0..1, replacing the model's defaults.
+        #[serde(default)]
+        thresholds: BTreeMap<String, f32>,
+        /// Evidence sentences checked per claim (default 3, at most 20).
+        top_k: Option<usize>,
+        /// Quiet time after an edit before annotating, in milliseconds (default 300, at most 10,000).
+        debounce_ms: Option<u64>,
+    },
+    /// One participant's changes, applied in order, all or none.
+    Edit {
+        participant: String,
+        /// The version the changes were made against; refused with `version_conflict` if the
+        /// document has moved on.
+        version: Option<u64>,
+        changes: Vec<Change>,
+    },
+    /// Replaces the sources; every claim is checked again.
+    Sources { sources: Vec<SourceInput> },
+}
+
+/// What Concord answers.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The session is open at `version` 0; `tasks` lists what it annotates (`moderation`,
+    /// `factcheck`, `intent`, as the loaded models allow).
+    Ready { version: u64, offsets: OffsetUnit, tasks: Vec<&'static str>, max_chars: usize },
+    /// An edit was applied; the document is now at `version`.
+    Ack { version: u64 },
+    /// The annotations of `version`, the latest when they were sent.
+    Annotations(Annotations),
+    /// A message was refused (nothing changed) or annotating failed (it is retried after the
+    /// next edit); the session stays open. `error` is shaped like the HTTP API's error body.
+    Error { error: LiveError },
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LiveError {
+    /// Stable and machine-readable, as in the HTTP API's errors.
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ServerMessage {
+    pub fn error(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Error { error: LiveError { code, message: message.into() } }
+    }
+}
+
+/// Quiet time after an edit before annotating, unless `open` sets another.
+pub const DEFAULT_DEBOUNCE_MS: u64 = 300;
+/// Longest debounce a session may ask for.
+pub const MAX_DEBOUNCE_MS: u64 = 10_000;
+
+/// What the loaded models let a session do; `open` is checked against it.
+#[derive(Debug, Clone)]
+pub struct Capabilities {
+    /// The moderation model's categories; `None` without one.
+    pub moderation_categories: Option<Vec<String>>,
+    pub factcheck: bool,
+    pub intent: bool,
+    /// Longest document, in characters.
+    pub max_chars: usize,
+}
+
+/// An open session: the document, its settings and its caches.
+pub struct LiveSession {
+    pub document: LiveDocument,
+    pub settings: LiveSettings,
+    /// Counts `open` and `sources` messages, so a pass that started before one knows its
+    /// results are stale.
+    pub generation: u64,
+    pub debounce: Duration,
+    /// Absent while a pass has it.
+    pub cache: Option<AnnotationCache>,
+}
+
+/// Reads one client message.
+pub fn parse_message(text: &str) -> Result<ClientMessage, InvalidRequest> {
+    serde_json::from_str(text)
+        .map_err(|err| InvalidRequest::new("invalid_message", format!("not a valid message: {err}")))
+}
+
+/// Applies one message to `session` (`None` until `open`) and returns the reply; a refused
+/// message changes nothing.
+pub fn handle(
+    session: &mut Option<LiveSession>,
+    message: ClientMessage,
+    capabilities: &Capabilities,
+) -> Result<ServerMessage, InvalidRequest> {
+    match message {
+        ClientMessage::Open { text, offsets, sources, thresholds, top_k, debounce_ms } => {
+            match &capabilities.moderation_categories {
+                Some(categories) => check_thresholds(categories, &thresholds)?,
+                None if !thresholds.is_empty() => {
+                    return Err(InvalidRequest::new(
+                        "unknown_category",
+                        "`thresholds` needs a moderation model, and this server has none",
+                    ))
+                }
+                None => {}
+            }
+            let top_k = top_k.unwrap_or(3);
+            if top_k == 0 || top_k > MAX_TOP_K {
+                return Err(InvalidRequest::new("invalid_top_k", format!("`top_k` must be within 1..={MAX_TOP_K}")));
+            }
+            let debounce_ms = debounce_ms.unwrap_or(DEFAULT_DEBOUNCE_MS);
+            if debounce_ms > MAX_DEBOUNCE_MS {
+                return Err(InvalidRequest::new(
+                    "invalid_debounce",
+                    format!("`debounce_ms` must be at most {MAX_DEBOUNCE_MS}"),
+                ));
+            }
+            let max_chars = capabilities.max_chars;
+            let sources = validate_sources(sources, max_chars)?;
+            let document = LiveDocument::open(text, offsets, max_chars)?;
+            let generation = session.as_ref().map_or(0, |s| s.generation + 1);
+            *session = Some(LiveSession {
+                document,
+                generation,
+                settings: LiveSettings {
+                    thresholds,
+                    sources: Arc::new(sources),
+                    factcheck: FactcheckOptions { top_k },
+                },
+                debounce: Duration::from_millis(debounce_ms),
+                cache: Some(AnnotationCache::default()),
+            });
+            let tasks = [
+                (capabilities.moderation_categories.is_some(), "moderation"),
+                (capabilities.factcheck, "factcheck"),
+                (capabilities.intent, "intent"),
+            ];
+            let tasks = tasks.into_iter().filter_map(|(loaded, task)| loaded.then_some(task)).collect();
+            Ok(ServerMessage::Ready { version: 0, offsets, tasks, max_chars })
+        }
+        ClientMessage::Edit { participant, version, changes } => {
+            let session = session.as_mut().ok_or_else(not_open)?;
+            let version = session.document.apply(&participant, version, &changes)?;
+            Ok(ServerMessage::Ack { version })
+        }
+        ClientMessage::Sources { sources } => {
+            let session = session.as_mut().ok_or_else(not_open)?;
+            session.settings.sources = Arc::new(validate_sources(sources, capabilities.max_chars)?);
+            session.generation += 1;
+            if let Some(cache) = session.cache.as_mut() {
+                cache.sources_changed();
+            }
+            Ok(ServerMessage::Ack { version: session.document.version() })
+        }
+    }
+}
+
+fn not_open() -> InvalidRequest {
+    InvalidRequest::new("not_open", "send an `open` message first")
+}
 
 /// One replacement: the text between `start` and `end` (offsets in the session's unit, into the
 /// text as the previous change of the same edit left it) becomes `text`.

@@ -15,6 +15,7 @@ use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
+use super::InvalidRequest;
 use crate::model::classifier::{is_token_classifier, SequenceClassifier, TokenClassifier};
 use crate::model::heads::{load_heads, sigmoid, DenseHead};
 use crate::model::EmbeddingModel;
@@ -390,6 +391,12 @@ impl Moderator {
         self.spans.as_ref().map(|s| s.threshold)
     }
 
+    /// Refuses `thresholds` for categories the model lacks or outside 0..1.
+    pub fn check_thresholds(&self, thresholds: &BTreeMap<String, f32>) -> Result<(), InvalidRequest> {
+        let categories: Vec<String> = self.categories().map(String::from).collect();
+        check_thresholds(&categories, thresholds)
+    }
+
     /// Takes a place under every engine's admission control, or fails when one is full.
     pub fn admit(&self) -> Result<Vec<Admission>, EngineError> {
         self.sources.iter().map(|s| s.engine.admit()).collect()
@@ -459,6 +466,25 @@ impl Moderator {
             })
             .collect())
     }
+}
+
+/// Refuses `thresholds` for names not in `categories` or outside 0..1.
+pub fn check_thresholds(categories: &[String], thresholds: &BTreeMap<String, f32>) -> Result<(), InvalidRequest> {
+    for (name, &value) in thresholds {
+        if !categories.contains(name) {
+            return Err(InvalidRequest::new(
+                "unknown_category",
+                format!("no category '{name}'; the model has {}", categories.join(", ")),
+            ));
+        }
+        if !(0.0..=1.0).contains(&value) {
+            return Err(InvalidRequest::new(
+                "invalid_threshold",
+                format!("threshold for '{name}' must be within 0..1"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Turns per-token probabilities into spans of `text`: runs of consecutive tokens at or above
