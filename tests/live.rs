@@ -272,3 +272,50 @@ async fn thirty_two_sessions_at_once_each_get_their_own_annotations() {
         assert_eq!(flagged["participants"], json!([format!("p{i}")]));
     }
 }
+
+/// `concord live` with `messages` on stdin: the JSON lines it writes.
+fn cli_session(messages: &[Value], extra: &[&str]) -> Vec<Value> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_concord"))
+        .arg("live")
+        .args(extra)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("concord runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    for message in messages {
+        writeln!(stdin, "{message}").expect("write a message");
+    }
+    writeln!(stdin, "not json").expect("write a bad line");
+    drop(stdin);
+    let output = child.wait_with_output().expect("concord ends");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect()
+}
+
+#[test]
+fn the_cli_runs_the_same_session_over_json_lines() {
+    let messages = [
+        json!({"type": "open", "text": OPENING, "sources": [{"id": "s1", "title": "Eiffel Tower", "text": SOURCE}]}),
+        json!({"type": "edit", "participant": "alice", "version": 0,
+               "changes": [{"start": OPENING.encode_utf16().count(), "end": OPENING.encode_utf16().count(),
+                            "text": " You are an absolute idiot."}]}),
+    ];
+    let lines = cli_session(&messages, &[]);
+    let kinds: Vec<(&str, Option<u64>)> =
+        lines.iter().map(|l| (l["type"].as_str().unwrap_or(""), l["version"].as_u64())).collect();
+    assert_eq!(
+        kinds,
+        vec![("ready", Some(0)), ("annotations", Some(0)), ("ack", Some(1)), ("annotations", Some(1)), ("error", None)]
+    );
+    let flagged = lines[3]["annotations"].as_array().and_then(|a| a.iter().find(|a| a["kind"] == "moderation"));
+    assert_eq!(flagged.expect("the insult is flagged")["participants"], json!(["alice"]));
+    assert_eq!(lines[4]["error"]["code"], "invalid_message");
+
+    let last_only = cli_session(&messages, &["--last-only"]);
+    let kinds: Vec<&str> = last_only.iter().map(|l| l["type"].as_str().unwrap_or("")).collect();
+    assert_eq!(kinds, vec!["ready", "ack", "error", "annotations"]);
+    assert_eq!(last_only[3]["version"], 1);
+}

@@ -4,6 +4,7 @@ mod embed;
 mod eval;
 mod factcheck;
 mod intent;
+mod live;
 mod merge;
 mod models;
 mod moderate;
@@ -54,6 +55,8 @@ enum Command {
     Factcheck(factcheck::FactcheckArgs),
     /// Classify edits (JSONL with `before` and `after`): intent, scores, semantic change, diff.
     Intent(intent::IntentArgs),
+    /// A /v1/live session over JSON lines: client messages in, acks and annotations out.
+    Live(live::LiveArgs),
     /// Moderate texts from a file or stdin: category scores and offending spans, one JSON line per text.
     Moderate(moderate::ModerateArgs),
     /// Evaluate a task on labelled data and print its metrics.
@@ -136,15 +139,40 @@ struct ServeArgs {
     #[arg(long, default_value_t = Limits::default().max_input_chars, env = "CONCORD_MAX_INPUT_CHARS")]
     max_input_chars: usize,
     #[command(flatten)]
+    tasks: TaskModelArgs,
+    /// Require this key as a bearer token (`Authorization: Bearer KEY`) on every route but
+    /// /health. Prefer the environment variable: command lines are visible to other users.
+    #[arg(long, env = "CONCORD_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+/// The task models a server or a live session uses; each defaults to the committed one.
+#[derive(Args, Clone)]
+pub struct TaskModelArgs {
+    #[command(flatten)]
     moderation: ModerationModelArgs,
     #[command(flatten)]
     nli: NliModelArgs,
     #[command(flatten)]
     intent: IntentModelArgs,
-    /// Require this key as a bearer token (`Authorization: Bearer KEY`) on every route but
-    /// /health. Prefer the environment variable: command lines are visible to other users.
-    #[arg(long, env = "CONCORD_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
+}
+
+/// The task models loaded; a model turned off (`none`) is absent.
+pub struct TaskModels {
+    pub moderator: Option<Moderator>,
+    pub nli: Option<NliModel>,
+    pub intent: Option<IntentModel>,
+}
+
+impl TaskModelArgs {
+    /// Loads every task model; the NLI and intent models share an encoder among `running`.
+    pub fn load(&self, running: &[Engine], model: &ModelArgs, engine: &EngineArgs) -> Result<TaskModels> {
+        Ok(TaskModels {
+            moderator: self.moderation.load(model, engine)?,
+            nli: self.nli.load(running, model, engine)?,
+            intent: self.intent.load(running, model, engine)?,
+        })
+    }
 }
 
 /// Which moderation model to load.
@@ -329,13 +357,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 max_input_chars: args.max_input_chars,
             };
             let mut state = AppState::new(models, limits);
-            if let Some(moderator) = args.moderation.load(&args.model, &args.engine)? {
+            let tasks = args.tasks.load(state.models.all(), &args.model, &args.engine)?;
+            if let Some(moderator) = tasks.moderator {
                 state = state.with_moderator(Arc::new(moderator));
             }
-            if let Some(nli) = args.nli.load(state.models.all(), &args.model, &args.engine)? {
+            if let Some(nli) = tasks.nli {
                 state = state.with_nli(Arc::new(nli));
             }
-            if let Some(intent) = args.intent.load(state.models.all(), &args.model, &args.engine)? {
+            if let Some(intent) = tasks.intent {
                 state = state.with_intent(Arc::new(intent));
             }
             if let Some(key) = api_key {
@@ -350,6 +379,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Moderate(args) => moderate::run(args),
         Command::Factcheck(args) => factcheck::run(args),
         Command::Intent(args) => intent::run(args),
+        Command::Live(args) => live::run(args),
         Command::Eval { command } => eval::run(command),
         Command::Train { command } => train::run(command),
         Command::Models { command } => models::run(command),
