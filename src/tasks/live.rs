@@ -3,9 +3,12 @@
 //! checked claims, and the intent of each region edited since the session opened), each listed
 //! for the participants whose edits it covers.
 //!
-//! Annotating again after an edit scores only the sentences and claims whose text is new to
-//! the session; the rest come from its caches, so a keystroke costs one sentence, not the
-//! document.
+//! The session's protocol (client and server messages, [`handle`]) lives here too, so the
+//! WebSocket route and `concord live` are transports over the same session.
+//!
+//! Annotating again after an edit scores only the sentences, claims and edited regions whose
+//! text is new to the session; the rest come from its caches, so a keystroke costs one
+//! sentence, not the document.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
