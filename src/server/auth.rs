@@ -6,6 +6,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use super::SharedState;
@@ -40,10 +41,10 @@ pub async fn require_key(State(state): State<SharedState>, request: Request, nex
     }
 }
 
-/// Compares in time that depends on the lengths only, so response timing does not reveal how
-/// much of a guess was right.
+/// Compares in time that depends on the lengths only (`subtle`), so response timing does not
+/// reveal how much of a guess was right.
 fn same_secret(presented: &[u8], key: &[u8]) -> bool {
-    presented.len() == key.len() && presented.iter().zip(key).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
+    bool::from(presented.ct_eq(key))
 }
 
 #[cfg(test)]
