@@ -45,12 +45,8 @@ pub fn run(args: LiveArgs) -> Result<ExitCode> {
         moderator.is_some() || nli.is_some() || intent.is_some(),
         "a live session needs a moderation, NLI or intent model"
     );
-    let capabilities = Capabilities {
-        moderation_categories: moderator.as_ref().map(|m| m.categories().map(String::from).collect()),
-        factcheck: nli.is_some(),
-        intent: intent.is_some(),
-        max_chars: Limits::default().max_input_chars,
-    };
+    let capabilities =
+        Capabilities::new(moderator.as_ref(), nli.is_some(), intent.is_some(), Limits::default().max_input_chars);
     let source_cache = EmbeddingCache::new(100_000);
     let models = LiveModels {
         embedder: &embedder,

@@ -83,12 +83,12 @@ async fn run(mut socket: WebSocket, state: SharedState, _permit: OwnedSemaphoreP
 }
 
 async fn serve_session(socket: &mut WebSocket, state: &SharedState) {
-    let capabilities = Arc::new(Capabilities {
-        moderation_categories: state.moderator.as_ref().map(|m| m.categories().map(String::from).collect()),
-        factcheck: state.nli.is_some(),
-        intent: state.intent.is_some(),
-        max_chars: state.limits.max_input_chars,
-    });
+    let capabilities = Arc::new(Capabilities::new(
+        state.moderator.as_deref(),
+        state.nli.is_some(),
+        state.intent.is_some(),
+        state.limits.max_input_chars,
+    ));
     let mut session: Option<LiveSession> = None;
     let mut due: Option<Instant> = None;
     let mut pass: Option<Pass> = None;

@@ -113,14 +113,7 @@ impl AppState {
 impl Limits {
     /// Refuses a text over `max_input_chars`; `name` says which field it was.
     pub fn check_chars(&self, name: &str, text: &str) -> Result<(), ApiError> {
-        let chars = text.chars().count();
-        if chars > self.max_input_chars {
-            return Err(ApiError::invalid(
-                "input_too_large",
-                format!("{name} has {chars} characters; the limit is {}", self.max_input_chars),
-            ));
-        }
-        Ok(())
+        Ok(crate::tasks::check_chars("input_too_large", name, text, self.max_input_chars)?)
     }
 }
 

@@ -19,9 +19,10 @@ use serde::Deserialize;
 
 use super::embed::embed;
 use super::nli::NliModel;
-use super::InvalidRequest;
+use super::{check_chars, InvalidRequest};
 use crate::runtime::{Engine, EngineError};
 use crate::text::offsets::{range_from_bytes, to_byte, OffsetUnit};
+use crate::text::segment;
 
 /// A source the caller trusts.
 #[derive(Debug, Clone)]
@@ -154,27 +155,22 @@ const IMPERATIVES: [&str; 24] = [
     "try", "do", "don't", "send", "call", "open", "review", "consider", "imagine", "remember",
 ];
 
-/// The check-worthy sentences of `text`, as trimmed byte ranges: statements of at least four
-/// words. Rule-based, not learned: questions, greetings and imperatives are skipped.
+/// The check-worthy sentences of `text`, as trimmed byte ranges (see [`is_claim`]).
 pub fn claim_ranges(text: &str) -> Vec<Range<usize>> {
-    text.split_sentence_bound_indices()
-        .filter_map(|(start, sentence)| {
-            let trimmed = sentence.trim();
-            if trimmed.is_empty() {
-                return None;
-            }
-            let offset = start + (sentence.len() - sentence.trim_start().len());
-            let words: Vec<&str> = trimmed.unicode_words().collect();
-            let first = words.first().map(|w| w.to_lowercase()).unwrap_or_default();
-            let is_question = trimmed.trim_end_matches(['"', '\'', ')', '”', '’']).ends_with('?');
-            let not_claim = words.len() < 4
-                || is_question
-                || GREETINGS.contains(&first.as_str())
-                || IMPERATIVES.contains(&first.as_str())
-                || trimmed.ends_with('!') && words.len() < 6;
-            (!not_claim).then_some(offset..offset + trimmed.len())
-        })
-        .collect()
+    segment::sentence_ranges(text).into_iter().filter(|r| is_claim(&text[r.clone()])).collect()
+}
+
+/// Whether a trimmed sentence is check-worthy: a statement of at least four words.
+/// Rule-based, not learned: questions, greetings and imperatives are skipped.
+pub fn is_claim(sentence: &str) -> bool {
+    let words: Vec<&str> = sentence.unicode_words().collect();
+    let first = words.first().map(|w| w.to_lowercase()).unwrap_or_default();
+    let is_question = sentence.trim_end_matches(['"', '\'', ')', '”', '’']).ends_with('?');
+    !(words.len() < 4
+        || is_question
+        || GREETINGS.contains(&first.as_str())
+        || IMPERATIVES.contains(&first.as_str())
+        || sentence.ends_with('!') && words.len() < 6)
 }
 
 /// A sentence of a source.
@@ -188,12 +184,10 @@ fn passages(sources: &[Source]) -> Vec<Passage> {
         .iter()
         .enumerate()
         .flat_map(|(source, s)| {
-            s.text.split_sentence_bound_indices().filter_map(move |(start, sentence)| {
-                let trimmed = sentence.trim();
-                let offset = start + (sentence.len() - sentence.trim_start().len());
-                (trimmed.unicode_words().count() >= 3)
-                    .then_some(Passage { source, range: offset..offset + trimmed.len() })
-            })
+            segment::sentence_ranges(&s.text)
+                .into_iter()
+                .filter(|range| s.text[range.clone()].unicode_words().count() >= 3)
+                .map(move |range| Passage { source, range })
         })
         .collect()
 }
@@ -513,18 +507,6 @@ pub fn claim_view(
     }
 }
 
-/// Refuses a text over `max_chars` characters; `name` says which field it was.
-fn check_chars(name: &str, text: &str, max_chars: usize) -> Result<(), InvalidRequest> {
-    let chars = text.chars().count();
-    if chars > max_chars {
-        return Err(InvalidRequest::new(
-            "input_too_large",
-            format!("{name} has {chars} characters; the limit is {max_chars}"),
-        ));
-    }
-    Ok(())
-}
-
 impl FactcheckRequest {
     /// Checks the request (each text at most `max_chars` characters) and resolves the claims
     /// to check.
@@ -533,7 +515,7 @@ impl FactcheckRequest {
         if request.text.trim().is_empty() {
             return Err(InvalidRequest::new("empty_input", "`text` is empty"));
         }
-        check_chars("`text`", &request.text, max_chars)?;
+        check_chars("input_too_large", "`text`", &request.text, max_chars)?;
         if request.sources.is_empty() {
             return Err(InvalidRequest::new(
                 "no_sources",
@@ -587,7 +569,7 @@ pub fn validate_sources(sources: Vec<SourceInput>, max_chars: usize) -> Result<V
                 format!("sources[{i}].id '{}' is used twice", source.id),
             ));
         }
-        check_chars(&format!("sources[{i}].text"), &source.text, max_chars)?;
+        check_chars("input_too_large", &format!("sources[{i}].text"), &source.text, max_chars)?;
     }
     Ok(sources.into_iter().map(|s| Source { id: s.id, text: s.text, title: s.title, url: s.url }).collect())
 }

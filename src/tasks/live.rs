@@ -24,7 +24,7 @@ use super::factcheck::{Source, Verdict};
 use super::intent::{align, IntentModel, IntentResult, Region};
 use super::moderate::{check_thresholds, Moderation, Moderator, SpanResult};
 use super::nli::NliModel;
-use super::InvalidRequest;
+use super::{check_chars, InvalidRequest};
 use crate::runtime::{off_runtime, Engine, EngineError};
 use crate::text::offsets::{to_byte, OffsetIndex, OffsetUnit};
 use crate::text::segment;
@@ -113,6 +113,14 @@ pub struct Capabilities {
     pub intent: bool,
     /// Longest document, in characters.
     pub max_chars: usize,
+}
+
+impl Capabilities {
+    /// What a session can do with these models loaded.
+    pub fn new(moderator: Option<&Moderator>, factcheck: bool, intent: bool, max_chars: usize) -> Self {
+        let moderation_categories = moderator.map(|m| m.categories().map(String::from).collect());
+        Self { moderation_categories, factcheck, intent, max_chars }
+    }
 }
 
 /// An open session: the document, its settings and its caches.
@@ -244,7 +252,7 @@ impl LiveDocument {
     /// A document at version 0 holding `text` (at most `max_chars` characters); edits count
     /// offsets in `unit`.
     pub fn open(text: String, unit: OffsetUnit, max_chars: usize) -> Result<Self, InvalidRequest> {
-        check_size(&text, max_chars)?;
+        check_chars("document_too_large", "the document", &text, max_chars)?;
         let runs = vec![Run { len: text.len(), author: None }];
         Ok(Self {
             baseline: Arc::from(text.as_str()),
@@ -320,7 +328,7 @@ impl LiveDocument {
             text.replace_range(start..end, &change.text);
             runs = splice(&runs, start..end, change.text.len(), author);
         }
-        check_size(&text, self.max_chars)?;
+        check_chars("document_too_large", "the edited document", &text, self.max_chars)?;
         if author == self.participants.len() {
             self.participants.push(participant.to_string());
         }
@@ -354,17 +362,6 @@ impl LiveDocument {
         names.sort_unstable();
         names
     }
-}
-
-fn check_size(text: &str, max_chars: usize) -> Result<(), InvalidRequest> {
-    let chars = text.chars().count();
-    if chars > max_chars {
-        return Err(InvalidRequest::new(
-            "document_too_large",
-            format!("the document would have {chars} characters; the limit is {max_chars}"),
-        ));
-    }
-    Ok(())
 }
 
 /// `runs` after the bytes in `replaced` became `inserted` bytes written by `author`.
@@ -506,11 +503,14 @@ pub async fn annotate(
     cache: &mut AnnotationCache,
 ) -> Result<Annotations, EngineError> {
     let text = document.text();
-    let sentences = if models.moderator.is_some() { segment::sentence_ranges(text) } else { Vec::new() };
-    let claims = match models.nli {
-        Some(_) if !settings.sources.is_empty() => factcheck::claim_ranges(text),
+    let all_sentences = segment::sentence_ranges(text);
+    let claims: Vec<Range<usize>> = match models.nli {
+        Some(_) if !settings.sources.is_empty() => {
+            all_sentences.iter().filter(|r| factcheck::is_claim(&text[(*r).clone()])).cloned().collect()
+        }
         _ => Vec::new(),
     };
+    let sentences = if models.moderator.is_some() { all_sentences } else { Vec::new() };
     let (moderations, verdicts, edits) = futures::try_join!(
         moderate_new(models.moderator, text, &sentences, &settings.thresholds, &mut cache.moderation),
         check_new(&models, text, &claims, settings, &mut cache.claims),

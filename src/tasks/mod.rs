@@ -21,3 +21,12 @@ impl InvalidRequest {
         Self { code, message: message.into() }
     }
 }
+
+/// Refuses `text` over `max_chars` characters with `code`; `name` says which text it was.
+pub fn check_chars(code: &'static str, name: &str, text: &str, max_chars: usize) -> Result<(), InvalidRequest> {
+    let chars = text.chars().count();
+    if chars > max_chars {
+        return Err(InvalidRequest::new(code, format!("{name} has {chars} characters; the limit is {max_chars}")));
+    }
+    Ok(())
+}

@@ -393,7 +393,7 @@ impl Moderator {
 
     /// Refuses `thresholds` for categories the model lacks or outside 0..1.
     pub fn check_thresholds(&self, thresholds: &BTreeMap<String, f32>) -> Result<(), InvalidRequest> {
-        let categories: Vec<String> = self.categories().map(String::from).collect();
+        let categories: Vec<&str> = self.categories().collect();
         check_thresholds(&categories, thresholds)
     }
 
@@ -469,12 +469,16 @@ impl Moderator {
 }
 
 /// Refuses `thresholds` for names not in `categories` or outside 0..1.
-pub fn check_thresholds(categories: &[String], thresholds: &BTreeMap<String, f32>) -> Result<(), InvalidRequest> {
+pub fn check_thresholds<S: AsRef<str>>(
+    categories: &[S],
+    thresholds: &BTreeMap<String, f32>,
+) -> Result<(), InvalidRequest> {
     for (name, &value) in thresholds {
-        if !categories.contains(name) {
+        if !categories.iter().any(|c| c.as_ref() == name) {
+            let known: Vec<&str> = categories.iter().map(AsRef::as_ref).collect();
             return Err(InvalidRequest::new(
                 "unknown_category",
-                format!("no category '{name}'; the model has {}", categories.join(", ")),
+                format!("no category '{name}'; the model has {}", known.join(", ")),
             ));
         }
         if !(0.0..=1.0).contains(&value) {
