@@ -17,25 +17,61 @@ fn trainable_top_layers_reproduce_the_inference_encoder() -> anyhow::Result<()> 
     let refs: Vec<_> = tokens.iter().collect();
     let expected = model.encoder.forward(&refs)?;
 
-    let mut params = Params::default();
-    let top = TopLayers::load(&dir, &model.encoder, 2, &mut params, &device)?;
-    assert_eq!(top.first, model.encoder.num_layers() - 2);
-    let cached = top.cache_lower(&model.encoder, &refs)?;
-    let slices: Vec<&[f32]> = cached.iter().map(Vec::as_slice).collect();
-    let batch = Batch::assemble(&slices, top.hidden, &device)?;
-    let out = top.forward(&batch, 0.0, &mut Rng::new(0))?;
-    for (row, want) in expected.iter().enumerate() {
-        let got = out.get(row)?.narrow(0, 0, tokens[row].ids.len())?;
-        let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        assert!(diff < 1e-3, "sequence {row}: max difference {diff}");
+    // A LoRA update starts at zero, so untrained LoRA layers are the base layers too.
+    for (layers, lora_rank) in [(2, None), (6, Some(8))] {
+        let mut params = Params::default();
+        let top = TopLayers::load(&dir, &model.encoder, (layers, lora_rank), &mut params, &mut Rng::new(0), &device)?;
+        assert_eq!(top.first, model.encoder.num_layers() - layers);
+        let cached = top.cache_lower(&model.encoder, &refs)?;
+        let slices: Vec<&[f32]> = cached.iter().map(Vec::as_slice).collect();
+        let batch = Batch::assemble(&slices, top.hidden, &device)?;
+        let out = top.forward(&batch, 0.0, &mut Rng::new(0))?;
+        for (row, want) in expected.iter().enumerate() {
+            let got = out.get(row)?.narrow(0, 0, tokens[row].ids.len())?;
+            let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-3, "{layers} layers, LoRA {lora_rank:?}, sequence {row}: max difference {diff}");
+        }
     }
     Ok(())
 }
 
-/// What training saves (int8 deltas of the tuned matrices, f16 for the rest) loads back as
-/// overrides of the base weights and serves what the trained layers computed.
+/// What training saves loads back as overrides of the base weights and serves what the
+/// trained layers computed: full fine-tuning as int8 deltas of the tuned matrices, LoRA as its
+/// two factors per matrix, f16 for the rest.
 #[test]
 fn saved_layers_load_back_as_overrides_of_the_base() -> anyhow::Result<()> {
+    let saved = save_nudged_layers(None)?;
+    assert_eq!(saved.count(concord::model::delta::CODES), 2 * 6, "six matrices per layer stored as deltas");
+    assert!(saved.bytes < (saved.parameters as u64) * 2 * 6 / 10, "int8, not f16");
+    Ok(())
+}
+
+#[test]
+fn saved_lora_layers_load_back_as_overrides_of_the_base() -> anyhow::Result<()> {
+    let saved = save_nudged_layers(Some(4))?;
+    assert_eq!(saved.count(concord::model::delta::LORA_DOWN), 2 * 6, "two factors for each matrix");
+    assert_eq!(saved.count(concord::model::delta::LORA_UP), 2 * 6);
+    assert_eq!(saved.count(concord::model::delta::CODES), 0, "the frozen matrices are not saved");
+    // Two layers of six 384-wide matrices at rank 4, plus biases and norms, in f16.
+    assert!(saved.parameters < 2 * 40_000, "{} trainable parameters", saved.parameters);
+    Ok(())
+}
+
+struct SavedLayers {
+    names: Vec<String>,
+    bytes: u64,
+    parameters: usize,
+}
+
+impl SavedLayers {
+    fn count(&self, suffix: &str) -> usize {
+        self.names.iter().filter(|n| n.ends_with(suffix)).count()
+    }
+}
+
+/// Nudges every trainable tensor of the top two layers, saves them, serves the saved file and
+/// checks that the served encoder computes what the trained layers do.
+fn save_nudged_layers(lora_rank: Option<usize>) -> anyhow::Result<SavedLayers> {
     let dir = common::default_model_dir();
     let spec = dir.to_str().expect("utf-8 path");
     let device = Device::Cpu;
@@ -45,7 +81,7 @@ fn saved_layers_load_back_as_overrides_of_the_base() -> anyhow::Result<()> {
     let refs: Vec<_> = tokens.iter().collect();
 
     let mut params = Params::default();
-    let top = TopLayers::load(&dir, &model.encoder, 2, &mut params, &device)?;
+    let top = TopLayers::load(&dir, &model.encoder, (2, lora_rank), &mut params, &mut Rng::new(0), &device)?;
     for var in params.vars_where(|_| true) {
         let nudge = candle_core::Tensor::randn(0f32, 0.01, var.shape(), &device)?;
         var.set(&(var.as_tensor() + nudge)?)?;
@@ -57,21 +93,19 @@ fn saved_layers_load_back_as_overrides_of_the_base() -> anyhow::Result<()> {
     let out = tempfile::tempdir()?;
     let path = out.path().join("weights.safetensors");
     params.save(&path)?;
-    let saved = candle_core::safetensors::load(&path, &device)?;
-    let matrices = saved.keys().filter(|n| n.ends_with(concord::model::delta::CODES)).count();
-    assert_eq!(matrices, 2 * 6, "six matrices per layer stored as deltas: {:?}", saved.keys());
-    assert!(std::fs::metadata(&path)?.len() < (params.count() as u64) * 2 * 6 / 10, "int8, not f16");
+    let names = candle_core::safetensors::load(&path, &device)?.into_keys().collect();
+    let bytes = std::fs::metadata(&path)?.len();
 
     let served = EmbeddingModel::load_with_overrides(spec, &[path], &device, DType::F32)?;
     let untouched = model.encoder.forward(&refs)?;
     for (row, want) in served.encoder.forward(&refs)?.iter().enumerate() {
         let got = trained.get(row)?.narrow(0, 0, tokens[row].ids.len())?;
         let diff = (&got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        // f16 biases and norms and int8 steps: well under 0.2% of the largest state.
+        // f16 factors, biases and norms and int8 steps: well under 0.2% of the largest state.
         let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 2e-3 * scale, "sequence {row}: max difference {diff} at scale {scale}");
         let moved = (&got - &untouched[row])?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(moved > 20.0 * diff, "the nudge must show: moved {moved}, error {diff}");
     }
-    Ok(())
+    Ok(SavedLayers { names, bytes, parameters: params.count() })
 }

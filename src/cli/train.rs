@@ -77,6 +77,10 @@ pub struct FinetuneArgs {
     /// Encoder layers to fine-tune, from the top.
     #[arg(long, default_value_t = 2)]
     layers: usize,
+    /// Train a rank-R update of each weight matrix of those layers instead of the matrix
+    /// itself (LoRA): the base weights stay frozen and the saved weights stay small.
+    #[arg(long, value_name = "R", value_parser = clap::value_parser!(u32).range(1..=256))]
+    lora_rank: Option<u32>,
     #[arg(long, default_value_t = 3)]
     epochs: usize,
     #[arg(long, default_value_t = 32)]
@@ -99,6 +103,7 @@ impl FinetuneArgs {
         FinetuneOptions {
             base_model: self.base_model.clone(),
             layers: self.layers,
+            lora_rank: self.lora_rank.map(|r| r as usize),
             epochs: self.epochs.max(1),
             batch_size: self.batch_size.max(1),
             learning_rate: self.learning_rate,

@@ -1,10 +1,13 @@
-//! Fine-tuned weight matrices stored as int8 differences from the base checkpoint.
+//! Fine-tuned weight matrices stored as differences from the base checkpoint.
 //!
 //! A task model changes only a few top layers of the shared encoder, and each matrix moves a
 //! little from its base value. Storing `tuned - base` in 8 bits with one scale per row costs a
 //! quarter of f32 (half of f16) and, because the difference is small next to the weight, loses
 //! far less than quantizing the weight itself: the rounding error is at most half a step of the
-//! row's largest change. The committed task weights stay a few MB.
+//! row's largest change. A model trained with LoRA stores its difference as two thin factors
+//! instead, `up · down`, which lets it adapt every layer for a fraction of one layer's size.
+//! Either way the difference is applied once, at load time, so serving costs nothing extra and
+//! the committed task weights stay a few MB.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +22,11 @@ use candle_nn::Init;
 pub const CODES: &str = ".delta_q8";
 /// `{name}{SCALES}`: one f32 step per row.
 pub const SCALES: &str = ".delta_scale";
+
+/// `{name}{LORA_DOWN}`: the `[rank, inputs]` factor of a low-rank difference `up · down`.
+pub const LORA_DOWN: &str = ".lora_down";
+/// `{name}{LORA_UP}`: the `[outputs, rank]` factor of a low-rank difference `up · down`.
+pub const LORA_UP: &str = ".lora_up";
 
 const OFFSET: f32 = 128.0;
 
@@ -52,6 +60,17 @@ pub fn decode(base: &Tensor, codes: &Tensor, scales: &Tensor) -> Result<Tensor> 
     Ok((base.to_dtype(DType::F32)? + diff)?)
 }
 
+/// The matrix `base + up · down`, in f32.
+pub fn apply_low_rank(base: &Tensor, down: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let ((outputs, up_rank), (down_rank, inputs)) = (up.dims2()?, down.dims2()?);
+    if up_rank != down_rank || base.dims() != [outputs, inputs] {
+        bail!("low-rank factors {:?} · {:?} do not fit base {:?}", up.dims(), down.dims(), base.dims());
+    }
+    let device = base.device();
+    let to_f32 = |t: &Tensor| -> Result<Tensor> { Ok(t.to_device(device)?.to_dtype(DType::F32)?) };
+    Ok((base.to_dtype(DType::F32)? + to_f32(up)?.matmul(&to_f32(down)?)?)?)
+}
+
 /// The base checkpoint with some tensors replaced: tensors in the override files are used as
 /// they are, deltas are applied to the base tensor of the same name.
 pub struct Overlay {
@@ -79,6 +98,25 @@ impl Overlay {
                     .with_context(|| format!("{} changes {name}, which the base lacks", path.display()))?;
                 let tuned = decode(&original, &codes, &scales).with_context(|| format!("applying {name}"))?;
                 replaced.insert(name, tuned);
+            }
+            let names: Vec<String> =
+                tensors.keys().filter_map(|n| n.strip_suffix(LORA_DOWN)).map(str::to_owned).collect();
+            for name in names {
+                let down = tensors.remove(&format!("{name}{LORA_DOWN}")).context("factor vanished")?;
+                let up = tensors
+                    .remove(&format!("{name}{LORA_UP}"))
+                    .with_context(|| format!("{} has {name}{LORA_DOWN} but no {name}{LORA_UP}", path.display()))?;
+                let original = match replaced.get(&name) {
+                    Some(tensor) => tensor.clone(),
+                    None => base
+                        .load(&name, &Device::Cpu)
+                        .with_context(|| format!("{} changes {name}, which the base lacks", path.display()))?,
+                };
+                let tuned = apply_low_rank(&original, &down, &up).with_context(|| format!("applying {name}"))?;
+                replaced.insert(name, tuned);
+            }
+            if let Some(stray) = tensors.keys().find(|n| n.ends_with(LORA_UP)) {
+                bail!("{} has {stray} but not its {LORA_DOWN} factor", path.display());
             }
             replaced.extend(tensors);
         }
@@ -143,6 +181,30 @@ mod tests {
         let (codes, scales) = encode(&base, &base)?;
         let decoded = decode(&base, &codes, &scales)?;
         assert_eq!(decoded.to_vec2::<f32>()?, base.to_vec2::<f32>()?);
+        Ok(())
+    }
+
+    #[test]
+    fn a_low_rank_difference_adds_the_product_of_its_factors() -> Result<()> {
+        let cpu = &Device::Cpu;
+        let base = Tensor::randn(0f32, 0.05, (6, 4), cpu)?;
+        let down = Tensor::randn(0f32, 0.5, (2, 4), cpu)?.to_dtype(DType::F16)?;
+        let up = Tensor::randn(0f32, 0.5, (6, 2), cpu)?.to_dtype(DType::F16)?;
+        let tuned = apply_low_rank(&base, &down, &up)?.to_vec2::<f32>()?;
+        let (b, d, u) = (
+            base.to_vec2::<f32>()?,
+            down.to_dtype(DType::F32)?.to_vec2::<f32>()?,
+            up.to_dtype(DType::F32)?.to_vec2::<f32>()?,
+        );
+        for (i, row) in tuned.iter().enumerate() {
+            for (j, got) in row.iter().enumerate() {
+                let want = b[i][j] + u[i][0] * d[0][j] + u[i][1] * d[1][j];
+                assert!((got - want).abs() < 1e-5, "[{i}][{j}]: {got} vs {want}");
+            }
+        }
+        let transposed = Tensor::zeros((4, 6), DType::F32, cpu)?;
+        assert!(apply_low_rank(&transposed, &down, &up).is_err());
+        assert!(apply_low_rank(&base, &down, &up.narrow(1, 0, 1)?).is_err());
         Ok(())
     }
 

@@ -26,6 +26,10 @@ pub struct FinetuneOptions {
     pub base_model: String,
     /// Encoder layers fine-tuned, counted from the top.
     pub layers: usize,
+    /// With a rank, the layers' weight matrices stay frozen and each learns a low-rank update
+    /// instead (LoRA); biases and norms train in full either way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora_rank: Option<usize>,
     pub epochs: usize,
     pub batch_size: usize,
     pub learning_rate: f64,
@@ -79,6 +83,12 @@ impl Session {
         let base_dir = source::resolve(&options.base_model)?;
         let tokenizer = TextTokenizer::load(&base_dir.join("tokenizer.json"), options.max_tokens)?;
         Ok(Self { base, base_dir, tokenizer, device })
+    }
+
+    /// The trainable top of the base encoder that `options` asks for (layers, LoRA rank).
+    pub fn top_layers(&self, options: &FinetuneOptions, params: &mut Params, rng: &mut Rng) -> Result<TopLayers> {
+        let tuning = (options.layers, options.lora_rank);
+        TopLayers::load(&self.base_dir, &self.base.encoder, tuning, params, rng, &self.device)
     }
 
     /// Caches every example's lower-layer states, longest first, in batches of about 4k tokens.
@@ -321,7 +331,7 @@ impl Params {
     }
 
     /// Writes every tensor to `path`: fine-tuned matrices as int8 deltas from the base, the rest
-    /// (biases, norms, heads) as f16, which keeps the committed files a few MB.
+    /// (LoRA factors, biases, norms, heads) as f16, which keeps the committed files a few MB.
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut tensors = HashMap::new();
         for Param { name, var, base } in &self.named {
@@ -396,15 +406,32 @@ impl Norm {
     }
 }
 
+/// A dense layer being fine-tuned: every weight (full fine-tuning), or the frozen base weight
+/// plus a trained low-rank update `up · down` (LoRA, Hu et al. 2021), which is all that needs
+/// saving. The bias trains in both.
+enum Projection {
+    Full(Linear),
+    LowRank { base: Linear, down: Linear, up: Linear },
+}
+
+impl Projection {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Full(linear) => linear.forward(xs),
+            Self::LowRank { base, down, up } => base.forward(xs)? + up.forward(&down.forward(xs)?)?,
+        }
+    }
+}
+
 /// One BERT layer built from differentiable ops; same maths as `model::bert`'s layer.
 struct TrainableLayer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    attention_out: Linear,
+    query: Projection,
+    key: Projection,
+    value: Projection,
+    attention_out: Projection,
     attention_norm: Norm,
-    intermediate: Linear,
-    output: Linear,
+    intermediate: Projection,
+    output: Projection,
     output_norm: Norm,
     num_heads: usize,
 }
@@ -413,23 +440,48 @@ struct TrainableLayer {
 pub type Checkpoint = HashMap<String, Tensor>;
 
 impl TrainableLayer {
-    fn load(base: &Checkpoint, prefix: &str, params: &mut Params, num_heads: usize, eps: f64) -> Result<Self> {
-        let mut take = |name: &str| -> Result<Tensor> {
+    fn load(base: &Checkpoint, prefix: &str, shape: LayerShape, params: &mut Params, rng: &mut Rng) -> Result<Self> {
+        let get = |name: &str| -> Result<(String, &Tensor)> {
             let full = format!("{prefix}.{name}");
             let tensor = base.get(&full).with_context(|| format!("base checkpoint has no tensor {full}"))?;
-            params.add_tuned(full, tensor)
+            Ok((full, tensor))
         };
-        let mut linear = |name: &str| -> Result<Linear> {
-            Ok(Linear::new(take(&format!("{name}.weight"))?, Some(take(&format!("{name}.bias"))?)))
+        let mut linear = |name: &str, params: &mut Params| -> Result<Projection> {
+            let (weight_name, weight) = get(&format!("{name}.weight"))?;
+            let (bias_name, bias) = get(&format!("{name}.bias"))?;
+            let Some(rank) = shape.lora_rank else {
+                let weight = params.add_tuned(weight_name, weight)?;
+                return Ok(Projection::Full(Linear::new(weight, Some(params.add_tuned(bias_name, bias)?))));
+            };
+            let bias = Some(params.add_tuned(bias_name, bias)?);
+            let (outputs, inputs) = weight.dims2()?;
+            // The update starts at zero (`up` is zero), so training starts from the base model.
+            let down = Tensor::from_vec(
+                gaussian(rng, rank * inputs, (inputs as f32).powf(-0.5)),
+                (rank, inputs),
+                weight.device(),
+            )?;
+            let up = Tensor::zeros((outputs, rank), DType::F32, weight.device())?;
+            Ok(Projection::LowRank {
+                base: Linear::new(weight.to_dtype(DType::F32)?, bias),
+                down: Linear::new(params.add(format!("{weight_name}{}", delta::LORA_DOWN), &down)?, None),
+                up: Linear::new(params.add(format!("{weight_name}{}", delta::LORA_UP), &up)?, None),
+            })
         };
-        let query = linear("attention.self.query")?;
-        let key = linear("attention.self.key")?;
-        let value = linear("attention.self.value")?;
-        let attention_out = linear("attention.output.dense")?;
-        let intermediate = linear("intermediate.dense")?;
-        let output = linear("output.dense")?;
+        let query = linear("attention.self.query", params)?;
+        let key = linear("attention.self.key", params)?;
+        let value = linear("attention.self.value", params)?;
+        let attention_out = linear("attention.output.dense", params)?;
+        let intermediate = linear("intermediate.dense", params)?;
+        let output = linear("output.dense", params)?;
         let mut norm = |name: &str| -> Result<Norm> {
-            Ok(Norm { weight: take(&format!("{name}.weight"))?, bias: take(&format!("{name}.bias"))?, eps })
+            let (weight_name, weight) = get(&format!("{name}.weight"))?;
+            let (bias_name, bias) = get(&format!("{name}.bias"))?;
+            Ok(Norm {
+                weight: params.add_tuned(weight_name, weight)?,
+                bias: params.add_tuned(bias_name, bias)?,
+                eps: shape.eps,
+            })
         };
         Ok(Self {
             query,
@@ -440,7 +492,7 @@ impl TrainableLayer {
             intermediate,
             output,
             output_norm: norm("output.LayerNorm")?,
-            num_heads,
+            num_heads: shape.num_heads,
         })
     }
 
@@ -466,6 +518,14 @@ impl TrainableLayer {
     }
 }
 
+/// How each trainable layer is built.
+#[derive(Clone, Copy)]
+struct LayerShape {
+    num_heads: usize,
+    eps: f64,
+    lora_rank: Option<usize>,
+}
+
 /// The subset of a BERT `config.json` the trainable layers need.
 #[derive(serde::Deserialize)]
 struct LayerConfig {
@@ -488,8 +548,17 @@ pub struct TopLayers {
 }
 
 impl TopLayers {
-    /// Copies the top `count` layers of the checkpoint in `dir` into `params`.
-    pub fn load(dir: &Path, encoder: &Encoder, count: usize, params: &mut Params, device: &Device) -> Result<Self> {
+    /// Copies the top `count` layers of the checkpoint in `dir` into `params`, every weight
+    /// trainable or, with `lora_rank`, low-rank updates of the frozen matrices (initialised from
+    /// `rng`).
+    pub fn load(
+        dir: &Path,
+        encoder: &Encoder,
+        (count, lora_rank): (usize, Option<usize>),
+        params: &mut Params,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Result<Self> {
         let total = encoder.num_layers();
         if total == 0 {
             bail!("fine-tuning needs a BERT-family encoder, not {}", encoder.model_type);
@@ -502,20 +571,16 @@ impl TopLayers {
         if cfg.hidden_act != "gelu" {
             bail!("fine-tuning supports hidden_act \"gelu\", not \"{}\"", cfg.hidden_act);
         }
+        if lora_rank == Some(0) {
+            bail!("a LoRA rank must be at least 1");
+        }
+        let shape = LayerShape { num_heads: cfg.num_attention_heads, eps: cfg.layer_norm_eps, lora_rank };
         let base = candle_core::safetensors::load(dir.join("model.safetensors"), device)
             .context("reading the base weights")?;
         let prefix = layer_prefix(&base)?;
         let first = total - count;
         let layers = (first..total)
-            .map(|i| {
-                TrainableLayer::load(
-                    &base,
-                    &format!("{prefix}encoder.layer.{i}"),
-                    params,
-                    cfg.num_attention_heads,
-                    cfg.layer_norm_eps,
-                )
-            })
+            .map(|i| TrainableLayer::load(&base, &format!("{prefix}encoder.layer.{i}"), shape, params, rng))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { layers, first, hidden: encoder.hidden_size })
     }
@@ -615,6 +680,7 @@ mod tests {
         let options = FinetuneOptions {
             base_model: String::new(),
             layers: 2,
+            lora_rank: None,
             epochs: 1,
             batch_size: 1,
             learning_rate: 0.0,

@@ -264,7 +264,7 @@ pub fn train(
     ensure!(!train.is_empty() && !dev.is_empty(), "no training or no dev rows");
 
     let mut params = Params::default();
-    let top = TopLayers::load(&session.base_dir, &session.base.encoder, options.layers, &mut params, &device)?;
+    let top = session.top_layers(options, &mut params, &mut rng)?;
     let heads = Heads::new(top.hidden, &mut params, &mut rng, &device)?;
     let model = Model { top, heads };
 

@@ -161,7 +161,7 @@ pub fn train(
     ensure!(!train.is_empty(), "no training rows");
 
     let mut params = Params::default();
-    let top = TopLayers::load(&session.base_dir, &session.base.encoder, options.layers, &mut params, &device)?;
+    let top = session.top_layers(options, &mut params, &mut rng)?;
     let head = linear_head("heads.nli", LABELS.len(), top.hidden, &mut params, &mut rng, &device)?;
     let model = Model { top, head };
 
