@@ -74,10 +74,11 @@ async fn check_paragraph() -> Value {
     response.json().await.expect("json")
 }
 
-/// Known failure, kept visible: the default NLI model (below the issue's targets) labels the
-/// Great Wall claim not-enough-info instead of refuted. Run with `--ignored`.
+/// Known failure, kept visible: the default NLI model reads the negated Great Wall evidence as
+/// neutral (0.46) over contradiction (0.29), so that claim ends not-enough-info instead of
+/// refuted. Run with `--ignored`.
 #[tokio::test]
-#[ignore = "the default NLI model misses the Great Wall refutation (issue #4: NLI quality below target)"]
+#[ignore = "the default NLI model misses the Great Wall refutation (negation; models/nli/README.md)"]
 async fn verdicts_match_the_sources() {
     let body = check_paragraph().await;
     assert_expected(verdicts(body["claims"].as_array().expect("claims")));

@@ -12,6 +12,7 @@ use super::{
 };
 use concord::eval;
 use concord::tasks::merge::Scorer;
+use concord::tasks::nli::Purpose;
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum ReportFormat {
@@ -100,6 +101,8 @@ pub fn progress_bar() -> ProgressBar {
 }
 
 pub fn run(command: EvalCommand) -> Result<ExitCode> {
+    // Fact-check pairs mix the NLI model's parts at their own weight.
+    let purpose = if matches!(command, EvalCommand::Factcheck(_)) { Purpose::FactCheck } else { Purpose::Nli };
     match command {
         EvalCommand::Merge(args) => {
             let engine = args.encoder.start()?;
@@ -119,7 +122,7 @@ pub fn run(command: EvalCommand) -> Result<ExitCode> {
                 anyhow::bail!("no NLI model: pass --nli-model DIR");
             };
             let bar = progress_bar();
-            let report = runtime()?.block_on(eval::nli::evaluate(&model, &rows, &bar))?;
+            let report = runtime()?.block_on(eval::nli::evaluate(&model, &rows, purpose, &bar))?;
             bar.finish_and_clear();
             match args.format {
                 ReportFormat::Json => print_out(&(serde_json::to_string_pretty(&report)? + "\n"))?,

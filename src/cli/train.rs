@@ -145,7 +145,9 @@ pub enum TrainCommand {
     #[command(args_override_self = true)]
     Nli(TrainNliArgs),
     /// The NLI pair head over sentence embeddings of premise and hypothesis and word overlap,
-    /// mixed with the cross-encoder: `--out` is the NLI folder (models/nli) it is added to.
+    /// mixed with the cross-encoder: `--out` is the NLI folder (models/nli) it is added to. The
+    /// mix weight is chosen on the NLI dev files, and a second one for fact-check pairs on the
+    /// fact-check dev files (rows with `claim_id`).
     #[command(args_override_self = true)]
     NliPair(TrainHeadArgs),
     /// The edit-intent model (models/intent): a head over embeddings of the changed text and diff features.

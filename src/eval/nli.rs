@@ -9,15 +9,18 @@ use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
 use crate::tasks::factcheck::{decide, Evidence, Verdict};
-use crate::tasks::nli::{NliModel, LABELS};
+use crate::tasks::nli::{NliModel, NliPair, Purpose, LABELS};
 
-/// A row of the `nli` schema, or of `factcheck` (claim = hypothesis, evidence = premise).
+/// A row of the `nli` schema, or of `factcheck` (claim = hypothesis, evidence = premise, and the
+/// evidence's Wikipedia article as its title, as `/v1/factcheck` titles a passage by its source).
 #[derive(Debug, Clone, Deserialize)]
 pub struct NliRow {
     #[serde(alias = "evidence")]
     pub premise: String,
     #[serde(alias = "claim")]
     pub hypothesis: String,
+    #[serde(default, alias = "article")]
+    pub title: Option<String>,
     pub label: String,
     /// Fact-check rows: the claim this pair belongs to and the claim's own label.
     #[serde(default)]
@@ -37,6 +40,12 @@ pub struct NliScores {
 
 /// Scores class probabilities (`LABELS` order) against `rows`. A file whose labels include
 /// `not_entailment` is scored 2-way, with neutral and contradiction merged.
+impl NliRow {
+    pub fn pair(&self) -> NliPair {
+        NliPair { premise: self.premise.clone(), hypothesis: self.hypothesis.clone(), title: self.title.clone() }
+    }
+}
+
 pub fn score(rows: &[&NliRow], probs: &[[f32; 3]]) -> NliScores {
     let two_way = rows.iter().any(|r| r.label == "not_entailment");
     let labels: Vec<&str> = if two_way { vec!["entailment", "not_entailment"] } else { LABELS.to_vec() };
@@ -90,12 +99,12 @@ pub struct NliReport {
 }
 
 /// Runs `model` over `rows` and scores it.
-pub async fn evaluate(model: &NliModel, rows: &[NliRow], bar: &ProgressBar) -> Result<NliReport> {
+pub async fn evaluate(model: &NliModel, rows: &[NliRow], purpose: Purpose, bar: &ProgressBar) -> Result<NliReport> {
     let started = Instant::now();
     bar.set_length(rows.len() as u64);
     let calls = rows.chunks(32).map(|chunk| {
-        let pairs: Vec<(String, String)> = chunk.iter().map(|r| (r.premise.clone(), r.hypothesis.clone())).collect();
-        async move { model.classify(pairs).await }
+        let pairs = chunk.iter().map(NliRow::pair).collect();
+        async move { model.classify(pairs, purpose).await }
     });
     let mut results = futures::stream::iter(calls).buffered(4);
     let mut probs = Vec::with_capacity(rows.len());
@@ -161,7 +170,14 @@ mod tests {
     use super::*;
 
     fn row(label: &str) -> NliRow {
-        NliRow { premise: "p".into(), hypothesis: "h".into(), label: label.into(), claim_id: None, claim_label: None }
+        NliRow {
+            premise: "p".into(),
+            hypothesis: "h".into(),
+            title: None,
+            label: label.into(),
+            claim_id: None,
+            claim_label: None,
+        }
     }
 
     #[test]
@@ -185,5 +201,21 @@ mod tests {
         let scores = score(&refs, &[[0.6, 0.3, 0.1], [0.4, 0.3, 0.3]]);
         assert_eq!(scores.accuracy, 1.0);
         assert_eq!(scores.f1.len(), 2);
+    }
+
+    #[test]
+    fn fact_check_rows_title_their_evidence_by_its_article() {
+        let row: NliRow = serde_json::from_str(
+            r#"{"claim": "It melts.", "evidence": "It is melting.", "article": "Arctic sea ice", "label": "entailment", "claim_id": "7"}"#,
+        )
+        .expect("row");
+        let pair = row.pair();
+        assert_eq!((pair.premise.as_str(), pair.hypothesis.as_str()), ("It is melting.", "It melts."));
+        assert_eq!(pair.titled_premise(), "Arctic sea ice. It is melting.");
+        let plain: NliRow = serde_json::from_str(
+            r#"{"premise": "A man sings.", "hypothesis": "A person sings.", "label": "entailment"}"#,
+        )
+        .expect("row");
+        assert_eq!(plain.pair().titled_premise(), "A man sings.");
     }
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{ApiError, Body as ErrorBody};
 use super::json::ApiJson;
 use super::SharedState;
-use crate::tasks::nli::NliResult;
+use crate::tasks::nli::{NliPair, NliResult, Purpose};
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -66,7 +66,7 @@ pub async fn create(
         }
     }
     let _admission = model.engine().admit()?;
-    let pairs = request.pairs.into_iter().map(|p| (p.premise, p.hypothesis)).collect();
-    let results = model.classify(pairs).await?;
+    let pairs = request.pairs.into_iter().map(|p| NliPair::new(p.premise, p.hypothesis)).collect();
+    let results = model.classify(pairs, Purpose::Nli).await?;
     Ok(Json(NliResponse { model: model.id().to_string(), results }))
 }

@@ -18,7 +18,7 @@ use unicode_segmentation::UnicodeSegmentation;
 use serde::Deserialize;
 
 use super::embed::embed;
-use super::nli::NliModel;
+use super::nli::{NliModel, NliPair, Purpose};
 use super::{check_chars, InvalidRequest};
 use crate::runtime::{Engine, EngineError};
 use crate::text::offsets::{range_from_bytes, to_byte, OffsetUnit};
@@ -66,9 +66,6 @@ pub struct ClaimResult {
     pub confidence: f32,
     pub evidence: Vec<Evidence>,
 }
-
-/// A verdict needs its NLI probability at or above this; below, the claim is not decided.
-pub const DECISION_THRESHOLD: f32 = 0.5;
 
 /// Retrieval and decision settings.
 #[derive(Debug, Clone, Copy)]
@@ -203,16 +200,27 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
     dot / (norm(a) * norm(b))
 }
 
-/// The verdict for one claim from its evidence's NLI probabilities.
+/// The verdict for one claim from its evidence's NLI probabilities. Each evidence sentence
+/// reads as its most probable label, as pair-level scores read it: the claim is supported when
+/// some sentence entails it at least as strongly as any other contradicts it, refuted when some
+/// sentence contradicts it and none supports it more strongly, and not decided otherwise.
 pub fn decide(evidence: &[Evidence]) -> (Verdict, f32) {
-    let best = |label: &str| evidence.iter().map(|e| e.scores.get(label).copied().unwrap_or(0.0)).fold(0.0, f32::max);
-    let (entail, contra) = (best("entailment"), best("contradiction"));
-    if entail >= DECISION_THRESHOLD && entail >= contra {
-        (Verdict::Supported, entail)
-    } else if contra >= DECISION_THRESHOLD {
-        (Verdict::Refuted, contra)
-    } else {
-        (Verdict::NotEnoughInfo, 1.0 - entail.max(contra))
+    let score = |e: &Evidence, label: &str| e.scores.get(label).copied().unwrap_or(0.0);
+    // The strongest probability of `label` among the sentences whose most probable label it is.
+    let strongest = |label: &str| {
+        evidence
+            .iter()
+            .filter(|e| e.scores.iter().all(|(other, &p)| other == label || p <= score(e, label)))
+            .map(|e| score(e, label))
+            .reduce(f32::max)
+    };
+    match (strongest("entailment"), strongest("contradiction")) {
+        (Some(entail), contra) if entail >= contra.unwrap_or(0.0) => (Verdict::Supported, entail),
+        (_, Some(contra)) => (Verdict::Refuted, contra),
+        _ => {
+            let best = |label: &str| evidence.iter().map(|e| score(e, label)).fold(0.0, f32::max);
+            (Verdict::NotEnoughInfo, 1.0 - best("entailment").max(best("contradiction")))
+        }
     }
 }
 
@@ -286,24 +294,21 @@ impl Retrieval {
             .zip(claim_texts)
             .zip(claim_vectors)
             .map(|(((index, range), claim), vector)| {
-                let (candidates, premises) = self.evidence_for(&claim, &vector, sources);
+                let (candidates, pairs) = self.evidence_for(&claim, &vector, sources);
                 async move {
-                    // The NLI pair head reads the same encoder's embeddings as retrieval: take the
-                    // premises' from the cache, where an untitled premise is its passage, already
-                    // embedded, and a titled one is embedded once.
-                    let pairs: Vec<(String, String)> =
-                        premises.into_iter().map(|premise| (premise, claim.clone())).collect();
+                    // The NLI pair head reads the same encoder's embeddings as retrieval: the
+                    // passages' are in the cache already.
                     let verdicts = if nli.pair_encoder().is_some_and(|e| e.info().id == embedder.info().id) {
-                        let texts: Vec<&str> = pairs.iter().map(|(premise, _)| premise.as_str()).collect();
+                        let texts: Vec<&str> = pairs.iter().map(|pair| pair.premise.as_str()).collect();
                         let vectors: Vec<(Vec<f32>, Vec<f32>)> = cache
                             .embed(embedder, &texts)
                             .await?
                             .into_iter()
                             .map(|premise| (premise, vector.clone()))
                             .collect();
-                        nli.classify_embedded(pairs, &vectors).await?
+                        nli.classify_embedded(pairs, &vectors, Purpose::FactCheck).await?
                     } else {
-                        nli.classify(pairs).await?
+                        nli.classify(pairs, Purpose::FactCheck).await?
                     };
                     let evidence: Vec<Evidence> = candidates
                         .into_iter()
@@ -317,8 +322,9 @@ impl Retrieval {
             .collect())
     }
 
-    /// The `top_k` evidence sentences for a claim, and the premises the NLI model reads for them.
-    fn evidence_for(&self, claim: &str, vector: &[f32], sources: &[Source]) -> (Vec<Evidence>, Vec<String>) {
+    /// The `top_k` evidence sentences for a claim, and the (evidence, claim) pairs the NLI model
+    /// reads for them.
+    fn evidence_for(&self, claim: &str, vector: &[f32], sources: &[Source]) -> (Vec<Evidence>, Vec<NliPair>) {
         let words = content_words(claim);
         let mut ranked: Vec<(usize, f32)> = self
             .passage_vectors
@@ -344,12 +350,12 @@ impl Retrieval {
                     retrieval_score,
                     scores: BTreeMap::new(),
                 };
-                // The title gives pronouns a referent ("It was completed in 1889").
-                let premise = match &source.title {
-                    Some(title) => format!("{title}. {}", self.passage_texts[i]),
-                    None => self.passage_texts[i].clone(),
+                let pair = NliPair {
+                    premise: self.passage_texts[i].clone(),
+                    hypothesis: claim.to_string(),
+                    title: source.title.clone(),
                 };
-                (evidence, premise)
+                (evidence, pair)
             })
             .unzip()
     }
@@ -598,9 +604,15 @@ mod tests {
     fn verdicts_follow_the_strongest_evidence() {
         assert_eq!(decide(&[evidence(0.1, 0.1), evidence(0.8, 0.1)]), (Verdict::Supported, 0.8));
         assert_eq!(decide(&[evidence(0.2, 0.7)]), (Verdict::Refuted, 0.7));
-        let (verdict, confidence) = decide(&[evidence(0.3, 0.2)]);
+        // A sentence whose most probable label is entailment supports, even under 0.5.
+        assert_eq!(decide(&[evidence(0.49, 0.04)]), (Verdict::Supported, 0.49));
+        // Support and contradiction in different sentences: the stronger decides.
+        assert_eq!(decide(&[evidence(0.6, 0.1), evidence(0.1, 0.8)]), (Verdict::Refuted, 0.8));
+        assert_eq!(decide(&[evidence(0.8, 0.1), evidence(0.1, 0.6)]), (Verdict::Supported, 0.8));
+        // Neutral is the most probable label of each sentence: not decided.
+        let (verdict, confidence) = decide(&[evidence(0.3, 0.2), evidence(0.1, 0.4)]);
         assert_eq!(verdict, Verdict::NotEnoughInfo);
-        assert!((confidence - 0.7).abs() < 1e-6);
+        assert!((confidence - 0.6).abs() < 1e-6);
         assert_eq!(decide(&[]).0, Verdict::NotEnoughInfo);
     }
 }

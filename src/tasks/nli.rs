@@ -50,6 +50,19 @@ pub struct PairHeadConfig {
     pub encoder: String,
     /// Weight of the cross-encoder's log-probabilities in the mix; the pair head's is 1 − this.
     pub cross_encoder_weight: f32,
+    /// The weight for the fact-check pipeline's (evidence, claim) pairs, chosen on fact-check dev
+    /// data; without it, `cross_encoder_weight`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factcheck_cross_encoder_weight: Option<f32>,
+}
+
+/// What the pairs being classified are, which picks the mix weight: titled Wikipedia-style
+/// evidence against a claim is a different distribution from general NLI pairs, and the pair
+/// head helps one and not the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Nli,
+    FactCheck,
 }
 
 /// Number of word-overlap features the pair head reads after the embeddings.
@@ -126,6 +139,31 @@ pub fn mix(cross_encoder: [f32; 3], pair: [f32; 3], cross_encoder_weight: f32) -
     [p[0], p[1], p[2]]
 }
 
+/// One pair to classify. `title` names where the premise comes from (a source's or a Wikipedia
+/// article's title): the cross-encoder reads it before the premise, so pronouns in the premise
+/// get a referent ("It was completed in 1889"); the pair head reads the premise alone, since
+/// title words would only blur its overlap features and embeddings.
+#[derive(Debug, Clone)]
+pub struct NliPair {
+    pub premise: String,
+    pub hypothesis: String,
+    pub title: Option<String>,
+}
+
+impl NliPair {
+    pub fn new(premise: String, hypothesis: String) -> Self {
+        Self { premise, hypothesis, title: None }
+    }
+
+    /// The premise as the cross-encoder reads it: "Title. Premise" when there is a title.
+    pub fn titled_premise(&self) -> String {
+        match &self.title {
+            Some(title) if !title.trim().is_empty() => format!("{title}. {}", self.premise),
+            _ => self.premise.clone(),
+        }
+    }
+}
+
 /// One pair's verdict.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NliResult {
@@ -155,6 +193,7 @@ struct PairHead {
     head: DenseHead,
     encoder: Engine,
     cross_encoder_weight: f32,
+    factcheck_cross_encoder_weight: f32,
 }
 
 /// A loaded NLI model, ready to classify pairs.
@@ -240,7 +279,7 @@ impl NliModel {
     }
 
     /// Classifies `(premise, hypothesis)` pairs; over-long pairs are cut (longest side first).
-    pub async fn classify(&self, pairs: Vec<(String, String)>) -> Result<Vec<NliResult>, EngineError> {
+    pub async fn classify(&self, pairs: Vec<NliPair>, purpose: Purpose) -> Result<Vec<NliResult>, EngineError> {
         if pairs.is_empty() {
             return Ok(Vec::new());
         }
@@ -252,15 +291,16 @@ impl NliModel {
             }
             None => (cross.await?, None),
         };
-        Ok(self.finish(&pairs, cross, vectors.as_deref()))
+        Ok(self.finish(&pairs, cross, vectors.as_deref(), purpose))
     }
 
     /// [`Self::classify`] with the pair encoder's (normalised) embeddings of each pair's
     /// premise and hypothesis already at hand.
     pub async fn classify_embedded(
         &self,
-        pairs: Vec<(String, String)>,
+        pairs: Vec<NliPair>,
         vectors: &[(Vec<f32>, Vec<f32>)],
+        purpose: Purpose,
     ) -> Result<Vec<NliResult>, EngineError> {
         if vectors.len() != pairs.len() {
             return Err(EngineError::Model(format!("{} embeddings for {} pairs", vectors.len(), pairs.len())));
@@ -269,24 +309,32 @@ impl NliModel {
             return Ok(Vec::new());
         }
         let cross = self.cross_encoder_probabilities(&pairs).await?;
-        Ok(self.finish(&pairs, cross, Some(vectors)))
+        Ok(self.finish(&pairs, cross, Some(vectors), purpose))
     }
 
     fn finish(
         &self,
-        pairs: &[(String, String)],
+        pairs: &[NliPair],
         cross: Vec<[f32; 3]>,
         vectors: Option<&[(Vec<f32>, Vec<f32>)]>,
+        purpose: Purpose,
     ) -> Vec<NliResult> {
         let mixed: Vec<[f32; 3]> = match (&self.pair, vectors) {
-            (Some(pair), Some(vectors)) => cross
-                .iter()
-                .zip(pairs.iter().zip(vectors))
-                .map(|(&c, ((premise, hypothesis), (u, v)))| {
-                    let p = softmax(&pair.head.apply(&pair_head_input(premise, hypothesis, u, v)));
-                    mix(c, [p[0], p[1], p[2]], pair.cross_encoder_weight)
-                })
-                .collect(),
+            (Some(pair), Some(vectors)) => {
+                let weight = match purpose {
+                    Purpose::Nli => pair.cross_encoder_weight,
+                    Purpose::FactCheck => pair.factcheck_cross_encoder_weight,
+                };
+                cross
+                    .iter()
+                    .zip(pairs.iter().zip(vectors))
+                    .map(|(&c, (nli_pair, (u, v)))| {
+                        let input = pair_head_input(&nli_pair.premise, &nli_pair.hypothesis, u, v);
+                        let p = softmax(&pair.head.apply(&input));
+                        mix(c, [p[0], p[1], p[2]], weight)
+                    })
+                    .collect()
+            }
             _ => cross,
         };
         mixed
@@ -302,9 +350,8 @@ impl NliModel {
     }
 
     /// The cross-encoder's probabilities alone, in [`LABELS`] order.
-    pub async fn cross_encoder_probabilities(&self, pairs: &[(String, String)]) -> Result<Vec<[f32; 3]>, EngineError> {
-        let inputs =
-            pairs.iter().map(|(premise, hypothesis)| Input::Pair(premise.clone(), hypothesis.clone())).collect();
+    pub async fn cross_encoder_probabilities(&self, pairs: &[NliPair]) -> Result<Vec<[f32; 3]>, EngineError> {
+        let inputs = pairs.iter().map(|pair| Input::Pair(pair.titled_premise(), pair.hypothesis.clone())).collect();
         let want = Want { normalize: false, token_states: matches!(self.head, Head::Hub { .. }) };
         let encoded = self.engine.encode(inputs, want, true).await?;
         Ok(encoded
@@ -336,29 +383,30 @@ impl PairHead {
         dtype: DType,
         engine: EngineConfig,
     ) -> Result<Self> {
-        ensure!(
-            (0.0..=1.0).contains(&config.cross_encoder_weight),
-            "the pair head's cross_encoder_weight must be within 0..=1"
-        );
+        let factcheck_cross_encoder_weight =
+            config.factcheck_cross_encoder_weight.unwrap_or(config.cross_encoder_weight);
+        for (name, weight) in [
+            ("cross_encoder_weight", config.cross_encoder_weight),
+            ("factcheck_cross_encoder_weight", factcheck_cross_encoder_weight),
+        ] {
+            ensure!((0.0..=1.0).contains(&weight), "the pair head's {name} must be within 0..=1");
+        }
         let encoder = shared_encoder(running, &config.encoder, device, dtype, engine)?;
         let weights = dir.join(&config.weights);
         let head = load_head(&weights, "heads.pair", LABELS.len(), pair_head_inputs(encoder.info().dimensions))?;
-        Ok(Self { head, encoder, cross_encoder_weight: config.cross_encoder_weight })
+        Ok(Self { head, encoder, cross_encoder_weight: config.cross_encoder_weight, factcheck_cross_encoder_weight })
     }
 }
 
 /// Embeds each pair's premise and hypothesis with `encoder` (normalised), every distinct text
 /// once.
-pub async fn embed_pairs(
-    encoder: &Engine,
-    pairs: &[(String, String)],
-) -> Result<Vec<(Vec<f32>, Vec<f32>)>, EngineError> {
+pub async fn embed_pairs(encoder: &Engine, pairs: &[NliPair]) -> Result<Vec<(Vec<f32>, Vec<f32>)>, EngineError> {
     let mut index: HashMap<&str, usize> = HashMap::new();
     let mut texts = Vec::new();
     let mut slots = Vec::with_capacity(pairs.len());
-    for (premise, hypothesis) in pairs {
+    for pair in pairs {
         let mut slot = [0; 2];
-        for (side, text) in [premise.as_str(), hypothesis.as_str()].into_iter().enumerate() {
+        for (side, text) in [pair.premise.as_str(), pair.hypothesis.as_str()].into_iter().enumerate() {
             slot[side] = *index.entry(text).or_insert_with(|| {
                 texts.push(text.to_string());
                 texts.len() - 1
@@ -387,6 +435,17 @@ mod tests {
         assert!((premise_len - 8f32.ln_1p()).abs() < 1e-6 && (hypothesis_len - 6f32.ln_1p()).abs() < 1e-6);
         let same = lexical_features("No dogs run.", "No dogs run.");
         assert_eq!(same[..4], [1.0, 1.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn only_the_cross_encoder_premise_carries_the_title() {
+        let mut pair = NliPair::new("It was completed in 1889.".into(), "The tower opened in 1889.".into());
+        assert_eq!(pair.titled_premise(), "It was completed in 1889.");
+        pair.title = Some(" ".into());
+        assert_eq!(pair.titled_premise(), "It was completed in 1889.", "a blank title adds nothing");
+        pair.title = Some("Eiffel Tower".into());
+        assert_eq!(pair.titled_premise(), "Eiffel Tower. It was completed in 1889.");
+        assert_eq!(pair.premise, "It was completed in 1889.");
     }
 
     #[test]

@@ -139,7 +139,10 @@ pub fn train(
     let mut rng = Rng::new(options.seed);
     let encode = |(row, weight): (NliRow, f32)| -> Result<Cached<Example>> {
         allowed(&row.label)?;
-        Ok(Cached::new(session.tokenizer.encode_pair(&row.premise, &row.hypothesis)?, Example { row, weight }))
+        Ok(Cached::new(
+            session.tokenizer.encode_pair(&row.pair().titled_premise(), &row.hypothesis)?,
+            Example { row, weight },
+        ))
     };
     let mut train: Vec<Cached<Example>> = Vec::new();
     for file in train_files {

@@ -18,7 +18,8 @@ use crate::eval::nli::{score, NliRow, NliScores};
 use crate::model::heads::{softmax, DenseHead};
 use crate::runtime::Engine;
 use crate::tasks::nli::{
-    embed_pairs, mix, pair_head_input, NliConfig, NliModel, PairHeadConfig, CONFIG_FILE, LABELS, LEXICAL_FEATURES,
+    embed_pairs, mix, pair_head_input, NliConfig, NliModel, NliPair, PairHeadConfig, CONFIG_FILE, LABELS,
+    LEXICAL_FEATURES,
 };
 
 /// Candidate L2 penalties (on the mean loss).
@@ -43,14 +44,18 @@ impl DataSet {
     pub async fn encode(name: String, rows: Vec<NliRow>, encoder: &Engine, bar: &ProgressBar) -> Result<Self> {
         let mut inputs = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(64) {
-            let pairs: Vec<(String, String)> =
-                chunk.iter().map(|r| (r.premise.clone(), r.hypothesis.clone())).collect();
-            for ((premise, hypothesis), (u, v)) in pairs.iter().zip(embed_pairs(encoder, &pairs).await?) {
-                inputs.push(pair_head_input(premise, hypothesis, &u, &v));
+            let pairs: Vec<NliPair> = chunk.iter().map(NliRow::pair).collect();
+            for (pair, (u, v)) in pairs.iter().zip(embed_pairs(encoder, &pairs).await?) {
+                inputs.push(pair_head_input(&pair.premise, &pair.hypothesis, &u, &v));
             }
             bar.inc(chunk.len() as u64);
         }
         Ok(Self { name, rows, inputs })
+    }
+
+    /// Whether the rows are fact-check pairs (they name their claim), mixed at their own weight.
+    fn is_factcheck(&self) -> bool {
+        self.rows.iter().any(|r| r.claim_id.is_some())
     }
 
     fn scores(&self, probs: &[[f32; 3]]) -> NliScores {
@@ -71,7 +76,12 @@ pub struct Candidate {
 pub struct MixCandidate {
     pub cross_encoder_weight: f32,
     pub dev: BTreeMap<String, NliScores>,
+    /// [`selection_score`] over the NLI dev files (over all of them when each is a fact-check
+    /// file).
     pub dev_score: f64,
+    /// [`selection_score`] over the fact-check dev files, when there are some.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub factcheck_dev_score: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -86,6 +96,8 @@ pub struct PairTrainReport {
     pub class_weight_power: f32,
     pub mix_candidates: Vec<MixCandidate>,
     pub cross_encoder_weight: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub factcheck_cross_encoder_weight: Option<f32>,
     /// Dev scores of the pair head alone, the cross-encoder alone and the mix shipped.
     pub dev_pair_head: BTreeMap<String, NliScores>,
     pub dev_cross_encoder: BTreeMap<String, NliScores>,
@@ -176,9 +188,11 @@ pub struct Judged<'a> {
     pub pair_head: Vec<[f32; 3]>,
 }
 
-/// Scores every cross-encoder weight of the grid on `dev` and returns the best weight with all
-/// candidates.
-pub fn choose_mix(dev: &[Judged]) -> (f32, Vec<MixCandidate>) {
+/// Scores every cross-encoder weight of the grid on `dev` and returns the best weight for NLI
+/// pairs, the best for fact-check pairs (when a dev file has them) and all candidates.
+pub fn choose_mix(dev: &[Judged]) -> (f32, Option<f32>, Vec<MixCandidate>) {
+    let factcheck: Vec<bool> = dev.iter().map(|judged| judged.set.is_factcheck()).collect();
+    let only_factcheck = factcheck.iter().all(|&f| f);
     let candidates: Vec<MixCandidate> = (0..=MIX_STEPS)
         .map(|step| {
             let weight = step as f32 / MIX_STEPS as f32;
@@ -190,12 +204,27 @@ pub fn choose_mix(dev: &[Judged]) -> (f32, Vec<MixCandidate>) {
                     (judged.set.name.clone(), judged.set.scores(&mixed))
                 })
                 .collect();
-            MixCandidate { cross_encoder_weight: weight, dev_score: selection_score(scores.values()), dev: scores }
+            let of = |want: bool| {
+                dev.iter().zip(&factcheck).filter(move |(_, &f)| f == want).map(|(j, _)| &scores[&j.set.name])
+            };
+            MixCandidate {
+                cross_encoder_weight: weight,
+                dev_score: if only_factcheck { selection_score(scores.values()) } else { selection_score(of(false)) },
+                factcheck_dev_score: factcheck.contains(&true).then(|| selection_score(of(true))),
+                dev: scores,
+            }
         })
         .collect();
-    let best =
-        candidates.iter().max_by(|a, b| a.dev_score.total_cmp(&b.dev_score)).map_or(1.0, |c| c.cross_encoder_weight);
-    (best, candidates)
+    let best = |score: fn(&MixCandidate) -> Option<f64>| {
+        candidates
+            .iter()
+            .filter_map(|c| Some((score(c)?, c.cross_encoder_weight)))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, weight)| weight)
+    };
+    let nli = best(|c| Some(c.dev_score)).unwrap_or(1.0);
+    let factcheck = best(|c| c.factcheck_dev_score);
+    (nli, factcheck, candidates)
 }
 
 /// Trains the pair head for the NLI model folder `out` (which holds the cross-encoder), picks
@@ -218,8 +247,7 @@ pub async fn train(
     for set in &dev {
         let mut probs = Vec::with_capacity(set.rows.len());
         for chunk in set.rows.chunks(32) {
-            let pairs: Vec<(String, String)> =
-                chunk.iter().map(|r| (r.premise.clone(), r.hypothesis.clone())).collect();
+            let pairs: Vec<NliPair> = chunk.iter().map(NliRow::pair).collect();
             probs.extend(cross_encoder.cross_encoder_probabilities(&pairs).await?);
             bar.inc(chunk.len() as u64);
         }
@@ -231,11 +259,19 @@ pub async fn train(
         .zip(cross)
         .map(|(set, cross_encoder)| Judged { set, cross_encoder, pair_head: probabilities(&head, &set.inputs) })
         .collect();
-    let (weight, mix_candidates) = choose_mix(&judged);
+    let (weight, factcheck_weight, mix_candidates) = choose_mix(&judged);
     let scores_at = |w: f32| -> BTreeMap<String, NliScores> {
         mix_candidates.iter().find(|c| c.cross_encoder_weight == w).map(|c| c.dev.clone()).unwrap_or_default()
     };
-    save(out, &encoder.info().id, &head, weight)?;
+    // What the saved model scores: each dev file at the weight its kind of pairs gets.
+    let served: BTreeMap<String, NliScores> = judged
+        .iter()
+        .filter_map(|j| {
+            let w = if j.set.is_factcheck() { factcheck_weight.unwrap_or(weight) } else { weight };
+            Some((j.set.name.clone(), scores_at(w).remove(&j.set.name)?))
+        })
+        .collect();
+    save(out, &encoder.info().id, &head, weight, factcheck_weight)?;
     Ok(PairTrainReport {
         encoder: encoder.info().id.clone(),
         data: DataSummary::new(
@@ -249,22 +285,89 @@ pub async fn train(
         class_weight_power: chosen.class_weight_power,
         dev_pair_head: scores_at(0.0),
         dev_cross_encoder: scores_at(1.0),
-        dev: scores_at(weight),
+        dev: served,
         mix_candidates,
         cross_encoder_weight: weight,
+        factcheck_cross_encoder_weight: factcheck_weight,
     })
 }
 
 /// Writes the head to `pair.safetensors` in `out` and names it, with its mix, in `nli.json`.
-fn save(out: &Path, encoder: &str, head: &DenseHead, cross_encoder_weight: f32) -> Result<()> {
+fn save(
+    out: &Path,
+    encoder: &str,
+    head: &DenseHead,
+    cross_encoder_weight: f32,
+    factcheck_cross_encoder_weight: Option<f32>,
+) -> Result<()> {
     let config_path = out.join(CONFIG_FILE);
     let raw = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
     let mut config: NliConfig =
         serde_json::from_str(&raw).with_context(|| format!("parsing {}", config_path.display()))?;
     candle_core::safetensors::save(&head.to_tensors("heads.pair")?, out.join(WEIGHTS_FILE))
         .with_context(|| format!("writing {}", out.join(WEIGHTS_FILE).display()))?;
-    config.pair_head =
-        Some(PairHeadConfig { weights: WEIGHTS_FILE.to_string(), encoder: encoder.to_string(), cross_encoder_weight });
+    config.pair_head = Some(PairHeadConfig {
+        weights: WEIGHTS_FILE.to_string(),
+        encoder: encoder.to_string(),
+        cross_encoder_weight,
+        factcheck_cross_encoder_weight,
+    });
     std::fs::write(&config_path, serde_json::to_string_pretty(&config)? + "\n")
         .with_context(|| format!("writing {}", config_path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(name: &str, labels: &[&str], claim_id: Option<&str>) -> DataSet {
+        let rows = labels
+            .iter()
+            .map(|label| NliRow {
+                premise: "p".into(),
+                hypothesis: "h".into(),
+                title: None,
+                label: label.to_string(),
+                claim_id: claim_id.map(str::to_string),
+                claim_label: None,
+            })
+            .collect();
+        DataSet { name: name.into(), rows, inputs: Vec::new() }
+    }
+
+    /// Probabilities that put 0.9 on each row's label (`right`) or on the next label (wrong).
+    fn probs(set: &DataSet, right: bool) -> Vec<[f32; 3]> {
+        set.rows
+            .iter()
+            .map(|r| {
+                let gold = LABELS.iter().position(|l| *l == r.label).unwrap_or(0);
+                let mut p = [0.05; 3];
+                p[if right { gold } else { (gold + 1) % 3 }] = 0.9;
+                p
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fact_check_files_get_their_own_mix_weight() {
+        let labels = ["entailment", "neutral", "contradiction", "neutral"];
+        // The pair head is right on the NLI file and the cross-encoder on the fact-check file.
+        let nli = set("sick", &labels, None);
+        let factcheck = set("climate_fever", &labels, Some("1"));
+        let judged = [
+            Judged { set: &nli, cross_encoder: probs(&nli, false), pair_head: probs(&nli, true) },
+            Judged { set: &factcheck, cross_encoder: probs(&factcheck, true), pair_head: probs(&factcheck, false) },
+        ];
+        // Every weight under 0.5 gets the NLI file right and every one over 0.5 the other.
+        let (weight, factcheck_weight, candidates) = choose_mix(&judged);
+        assert!(weight < 0.5, "{weight}");
+        assert!(factcheck_weight.is_some_and(|w| w > 0.5), "{factcheck_weight:?}");
+        assert_eq!(candidates.len(), MIX_STEPS + 1);
+        // Without fact-check files there is one weight.
+        let (weight, factcheck_weight, _) = choose_mix(&judged[..1]);
+        assert!(weight < 0.5 && factcheck_weight.is_none(), "{weight} {factcheck_weight:?}");
+        // With only fact-check files, both weights are chosen on them.
+        let (weight, factcheck_weight, _) = choose_mix(&judged[1..]);
+        assert!(weight > 0.5 && factcheck_weight == Some(weight), "{weight} {factcheck_weight:?}");
+    }
 }
