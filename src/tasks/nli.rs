@@ -2,9 +2,10 @@
 //! hypothesis? Concord's own model has two parts. A cross-encoder: the pair is encoded together
 //! by the shared encoder with fine-tuned top layers, and a 3-way head reads the mean-pooled
 //! states. And a pair head: a softmax regression over the frozen sentence encoder's embeddings
-//! of premise and hypothesis and a few word-overlap features. The cross-encoder learns its
-//! training pairs well but generalises poorly from a few thousand of them (RTE: chance); the
-//! pair head generalises better. Their log-probabilities are mixed with a weight chosen on dev.
+//! of premise and hypothesis and a few word-overlap features. The cross-encoder is the stronger
+//! part on short pairs and fact-check evidence; the pair head generalises better to long news
+//! premises (RTE). Their log-probabilities are mixed with a weight chosen on dev, one for NLI
+//! pairs and one for the fact-check pipeline's (evidence, claim) pairs ([`Purpose`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;

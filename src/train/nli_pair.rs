@@ -191,8 +191,8 @@ pub struct Judged<'a> {
 /// Scores every cross-encoder weight of the grid on `dev` and returns the best weight for NLI
 /// pairs, the best for fact-check pairs (when a dev file has them) and all candidates.
 pub fn choose_mix(dev: &[Judged]) -> (f32, Option<f32>, Vec<MixCandidate>) {
-    let factcheck: Vec<bool> = dev.iter().map(|judged| judged.set.is_factcheck()).collect();
-    let only_factcheck = factcheck.iter().all(|&f| f);
+    let is_factcheck: Vec<bool> = dev.iter().map(|judged| judged.set.is_factcheck()).collect();
+    let only_factcheck = is_factcheck.iter().all(|&f| f);
     let candidates: Vec<MixCandidate> = (0..=MIX_STEPS)
         .map(|step| {
             let weight = step as f32 / MIX_STEPS as f32;
@@ -204,13 +204,15 @@ pub fn choose_mix(dev: &[Judged]) -> (f32, Option<f32>, Vec<MixCandidate>) {
                     (judged.set.name.clone(), judged.set.scores(&mixed))
                 })
                 .collect();
-            let of = |want: bool| {
-                dev.iter().zip(&factcheck).filter(move |(_, &f)| f == want).map(|(j, _)| &scores[&j.set.name])
+            let score_of_kind = |factcheck: bool| {
+                selection_score(
+                    dev.iter().zip(&is_factcheck).filter(|(_, &f)| f == factcheck).map(|(j, _)| &scores[&j.set.name]),
+                )
             };
             MixCandidate {
                 cross_encoder_weight: weight,
-                dev_score: if only_factcheck { selection_score(scores.values()) } else { selection_score(of(false)) },
-                factcheck_dev_score: factcheck.contains(&true).then(|| selection_score(of(true))),
+                dev_score: if only_factcheck { selection_score(scores.values()) } else { score_of_kind(false) },
+                factcheck_dev_score: is_factcheck.contains(&true).then(|| score_of_kind(true)),
                 dev: scores,
             }
         })
@@ -222,9 +224,9 @@ pub fn choose_mix(dev: &[Judged]) -> (f32, Option<f32>, Vec<MixCandidate>) {
             .max_by(|a, b| a.0.total_cmp(&b.0))
             .map(|(_, weight)| weight)
     };
-    let nli = best(|c| Some(c.dev_score)).unwrap_or(1.0);
-    let factcheck = best(|c| c.factcheck_dev_score);
-    (nli, factcheck, candidates)
+    let nli_weight = best(|c| Some(c.dev_score)).unwrap_or(1.0);
+    let factcheck_weight = best(|c| c.factcheck_dev_score);
+    (nli_weight, factcheck_weight, candidates)
 }
 
 /// Trains the pair head for the NLI model folder `out` (which holds the cross-encoder), picks
