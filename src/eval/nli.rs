@@ -38,14 +38,15 @@ pub struct NliScores {
     pub f1: BTreeMap<String, f64>,
 }
 
-/// Scores class probabilities (`LABELS` order) against `rows`. A file whose labels include
-/// `not_entailment` is scored 2-way, with neutral and contradiction merged.
 impl NliRow {
+    /// The row as the NLI model classifies it.
     pub fn pair(&self) -> NliPair {
         NliPair { premise: self.premise.clone(), hypothesis: self.hypothesis.clone(), title: self.title.clone() }
     }
 }
 
+/// Scores class probabilities (`LABELS` order) against `rows`. A file whose labels include
+/// `not_entailment` is scored 2-way, with neutral and contradiction merged.
 pub fn score(rows: &[&NliRow], probs: &[[f32; 3]]) -> NliScores {
     let two_way = rows.iter().any(|r| r.label == "not_entailment");
     let labels: Vec<&str> = if two_way { vec!["entailment", "not_entailment"] } else { LABELS.to_vec() };

@@ -249,7 +249,7 @@ pub async fn check<'a>(
     // the rest follow, judged together so the engine can batch them.
     let mut claims: Vec<(usize, Range<usize>)> = claims.into_iter().enumerate().collect();
     let rest = claims.split_off(claims.len().min(1));
-    let context = CheckContext { embedder, nli, cache, text, sources };
+    let context = CheckContext { embedder, nli, text, sources };
     let judge = |claims: Vec<(usize, Range<usize>)>| {
         let retrieval = Arc::clone(&retrieval);
         futures::stream::once(async move { retrieval.judge(context, claims).await }).try_flatten()
@@ -257,13 +257,12 @@ pub async fn check<'a>(
     Ok(judge(claims).chain(judge(rest)).boxed())
 }
 
-/// What every claim of one request is checked with: the models, the cache, the request's text
-/// and its sources.
+/// What every claim of one request is checked with: the models, the request's text and its
+/// sources.
 #[derive(Clone, Copy)]
 struct CheckContext<'a> {
     embedder: &'a Engine,
     nli: &'a NliModel,
-    cache: &'a EmbeddingCache,
     text: &'a str,
     sources: &'a [Source],
 }
@@ -285,7 +284,7 @@ impl Retrieval {
         claims: Vec<(usize, Range<usize>)>,
     ) -> Result<FuturesUnordered<impl std::future::Future<Output = Result<ClaimResult, EngineError>> + 'a>, EngineError>
     {
-        let CheckContext { embedder, nli, cache, text, sources } = context;
+        let CheckContext { embedder, nli, text, sources } = context;
         let claim_texts: Vec<String> = claims.iter().map(|(_, r)| text[r.clone()].to_string()).collect();
         let claim_vectors =
             if claims.is_empty() { Vec::new() } else { embed(embedder, claim_texts.clone(), true).await?.vectors };
@@ -294,19 +293,12 @@ impl Retrieval {
             .zip(claim_texts)
             .zip(claim_vectors)
             .map(|(((index, range), claim), vector)| {
-                let (candidates, pairs) = self.evidence_for(&claim, &vector, sources);
+                let ((candidates, pairs), embedded) = self.evidence_for(&claim, &vector, sources);
                 async move {
-                    // The NLI pair head reads the same encoder's embeddings as retrieval: the
-                    // passages' are in the cache already.
+                    // The NLI pair head reads the same encoder's embeddings as retrieval, of the
+                    // untitled passage and the claim: reuse them.
                     let verdicts = if nli.pair_encoder().is_some_and(|e| e.info().id == embedder.info().id) {
-                        let texts: Vec<&str> = pairs.iter().map(|pair| pair.premise.as_str()).collect();
-                        let vectors: Vec<(Vec<f32>, Vec<f32>)> = cache
-                            .embed(embedder, &texts)
-                            .await?
-                            .into_iter()
-                            .map(|premise| (premise, vector.clone()))
-                            .collect();
-                        nli.classify_embedded(pairs, &vectors, Purpose::FactCheck).await?
+                        nli.classify_embedded(pairs, &embedded, Purpose::FactCheck).await?
                     } else {
                         nli.classify(pairs, Purpose::FactCheck).await?
                     };
@@ -322,9 +314,9 @@ impl Retrieval {
             .collect())
     }
 
-    /// The `top_k` evidence sentences for a claim, and the (evidence, claim) pairs the NLI model
-    /// reads for them.
-    fn evidence_for(&self, claim: &str, vector: &[f32], sources: &[Source]) -> (Vec<Evidence>, Vec<NliPair>) {
+    /// The `top_k` evidence sentences for a claim, the (evidence, claim) pairs the NLI model reads
+    /// for them, and each pair's embeddings (passage, claim) from retrieval.
+    fn evidence_for(&self, claim: &str, vector: &[f32], sources: &[Source]) -> EvidencePairs {
         let words = content_words(claim);
         let mut ranked: Vec<(usize, f32)> = self
             .passage_vectors
@@ -355,11 +347,14 @@ impl Retrieval {
                     hypothesis: claim.to_string(),
                     title: source.title.clone(),
                 };
-                (evidence, pair)
+                ((evidence, pair), (self.passage_vectors[i].clone(), vector.to_vec()))
             })
             .unzip()
     }
 }
+
+/// A claim's evidence, its NLI pairs and their embeddings, in the same order.
+type EvidencePairs = ((Vec<Evidence>, Vec<NliPair>), Vec<(Vec<f32>, Vec<f32>)>);
 
 // The request and response of `/v1/factcheck` and `concord factcheck`.
 

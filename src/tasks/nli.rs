@@ -156,12 +156,17 @@ impl NliPair {
         Self { premise, hypothesis, title: None }
     }
 
-    /// The premise as the cross-encoder reads it: "Title. Premise" when there is a title.
+    /// The premise as the cross-encoder reads it (see [`titled_premise`]).
     pub fn titled_premise(&self) -> String {
-        match &self.title {
-            Some(title) if !title.trim().is_empty() => format!("{title}. {}", self.premise),
-            _ => self.premise.clone(),
-        }
+        titled_premise(self.title.as_deref(), &self.premise)
+    }
+}
+
+/// A premise as the cross-encoder reads it: "Title. Premise" when there is a title.
+pub fn titled_premise(title: Option<&str>, premise: &str) -> String {
+    match title {
+        Some(title) if !title.trim().is_empty() => format!("{title}. {premise}"),
+        _ => premise.to_string(),
     }
 }
 

@@ -19,7 +19,7 @@ use super::finetune::{
     TrainReport,
 };
 use crate::eval::nli::{score, NliRow, NliScores};
-use crate::tasks::nli::{NliConfig, CONFIG_FILE, LABELS};
+use crate::tasks::nli::{titled_premise, NliConfig, CONFIG_FILE, LABELS};
 
 /// Dev metrics of one epoch, per dev file.
 #[derive(Debug, Clone, Serialize)]
@@ -140,7 +140,7 @@ pub fn train(
     let encode = |(row, weight): (NliRow, f32)| -> Result<Cached<Example>> {
         allowed(&row.label)?;
         Ok(Cached::new(
-            session.tokenizer.encode_pair(&row.pair().titled_premise(), &row.hypothesis)?,
+            session.tokenizer.encode_pair(&titled_premise(row.title.as_deref(), &row.premise), &row.hypothesis)?,
             Example { row, weight },
         ))
     };
