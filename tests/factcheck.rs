@@ -1,5 +1,5 @@
 //! `/v1/factcheck` end to end with the committed NLI model: one supported, one refuted and one
-//! unverifiable claim over two sources, as JSON and as SSE, and the request errors.
+//! unverifiable claim over two titled sources, as JSON and as SSE, and the request errors.
 
 mod common;
 
@@ -24,7 +24,7 @@ fn request() -> Value {
         "sources": [
             {"id": "eiffel", "title": "Eiffel Tower", "text": "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris. \
     It was completed in 1889 as the entrance arch to the World's Fair. It is 330 metres tall."},
-            {"id": "wall", "text": "The Great Wall of China is a series of fortifications built across northern China. \
+            {"id": "wall", "title": "Great Wall of China", "text": "The Great Wall of China is a series of fortifications built across northern China. \
     Contrary to a popular myth, the wall is not visible from the Moon with the naked eye. Its construction began in the 7th century BC."}
         ]
     })
@@ -66,28 +66,45 @@ fn assert_expected(mut found: Vec<(String, String)>) {
     assert_eq!(found, expected);
 }
 
-async fn check_paragraph() -> Value {
+/// The request with the wall source's title left out: nothing in the premise the cross-encoder
+/// reads then says which wall "the wall" is.
+fn untitled_wall_request() -> Value {
+    let mut request = request();
+    if let Some(wall) = request["sources"][1].as_object_mut() {
+        wall.remove("title");
+    }
+    request
+}
+
+async fn check_paragraph(request: &Value) -> Value {
     let server = server().await;
     let response =
-        reqwest::Client::new().post(server.url("/v1/factcheck")).json(&request()).send().await.expect("request");
+        reqwest::Client::new().post(server.url("/v1/factcheck")).json(request).send().await.expect("request");
     assert_eq!(response.status(), 200);
     response.json().await.expect("json")
 }
 
-/// Known failure, kept visible: the default NLI model reads the negated Great Wall evidence as
-/// neutral (0.46) over contradiction (0.29), so that claim ends not-enough-info instead of
-/// refuted. Run with `--ignored`.
 #[tokio::test]
-#[ignore = "the default NLI model misses the Great Wall refutation (negation; models/nli/README.md)"]
 async fn verdicts_match_the_sources() {
-    let body = check_paragraph().await;
+    let body = check_paragraph(&request()).await;
     assert_expected(verdicts(body["claims"].as_array().expect("claims")));
     assert_eq!(body["totals"], json!({"claims": 3, "supported": 1, "refuted": 1, "not_enough_info": 1}));
 }
 
+/// Known failure, kept visible: without the source's title the default NLI model reads
+/// "Contrary to a popular myth, the wall is not visible from the Moon ..." as neutral (0.46) over
+/// contradiction (0.29), so the Great Wall claim ends not-enough-info instead of refuted.
+/// Run with `--ignored`.
+#[tokio::test]
+#[ignore = "the default NLI model misses a refutation that refers to its subject as \"the wall\" (models/nli/README.md)"]
+async fn refutes_through_a_reference_in_an_untitled_source() {
+    let body = check_paragraph(&untitled_wall_request()).await;
+    assert_expected(verdicts(body["claims"].as_array().expect("claims")));
+}
+
 #[tokio::test]
 async fn checks_claims_against_sources_with_citations() {
-    let body = check_paragraph().await;
+    let body = check_paragraph(&request()).await;
     let claims = body["claims"].as_array().expect("claims").clone();
     assert_claims(&verdicts(&claims));
     let totals = &body["totals"];
