@@ -70,9 +70,7 @@ fn assert_expected(mut found: Vec<(String, String)>) {
 /// reads then says which wall "the wall" is.
 fn untitled_wall_request() -> Value {
     let mut request = request();
-    if let Some(wall) = request["sources"][1].as_object_mut() {
-        wall.remove("title");
-    }
+    request["sources"][1].as_object_mut().expect("the wall source").remove("title");
     request
 }
 
