@@ -4,6 +4,9 @@ home="${HOME:-/root}"
 command -v cargo >/dev/null || export PATH="$home/.cargo/bin:$PATH"
 export CONCORD_HOME="${CONCORD_HOME:-$home/.cache/concord}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CONCORD_HOME/target}"
+# Clones share that target folder; naming this one makes cargo rebuild binaries built in another
+# clone, whose compiled-in models path points there (build.rs).
+export CONCORD_SOURCE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # The shared data sets live in ../shared beside the repository. A clone made elsewhere from a
 # local checkout (as CI may do) finds them beside the repository it was cloned from.
 if [[ -z "${CONCORD_SHARED_DIR:-}" && ! -d ../shared ]]; then
