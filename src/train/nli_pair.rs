@@ -262,15 +262,14 @@ pub async fn train(
         .map(|(set, cross_encoder)| Judged { set, cross_encoder, pair_head: probabilities(&head, &set.inputs) })
         .collect();
     let (weight, factcheck_weight, mix_candidates) = choose_mix(&judged);
-    let scores_at = |w: f32| -> BTreeMap<String, NliScores> {
-        mix_candidates.iter().find(|c| c.cross_encoder_weight == w).map(|c| c.dev.clone()).unwrap_or_default()
-    };
+    let dev_at = |w: f32| mix_candidates.iter().find(|c| c.cross_encoder_weight == w).map(|c| &c.dev);
+    let scores_at = |w: f32| -> BTreeMap<String, NliScores> { dev_at(w).cloned().unwrap_or_default() };
     // What the saved model scores: each dev file at the weight its kind of pairs gets.
     let served: BTreeMap<String, NliScores> = judged
         .iter()
         .filter_map(|j| {
             let w = if j.set.is_factcheck() { factcheck_weight.unwrap_or(weight) } else { weight };
-            Some((j.set.name.clone(), scores_at(w).remove(&j.set.name)?))
+            Some((j.set.name.clone(), dev_at(w)?.get(&j.set.name)?.clone()))
         })
         .collect();
     save(out, &encoder.info().id, &head, weight, factcheck_weight)?;
