@@ -204,7 +204,14 @@ fn eval_reports_the_metrics_each_file_supports() {
 
     let spans = eval_json(&write_rows(dir.path(), "spans.jsonl", "toxic_spans/dev.jsonl", 20));
     assert_eq!(spans["n"], 20);
-    assert!(spans["span_f1"].as_f64().unwrap_or(-1.0) > 0.0);
+    let span_f1 = spans["span_f1"].as_f64().unwrap_or(-1.0);
+    assert!(span_f1 > 0.0);
+    let shapes = spans["span_f1_by_shape"].as_object().expect("span_f1_by_shape");
+    let posts: Vec<(f64, f64)> =
+        shapes.values().map(|s| (s["posts"].as_f64().unwrap_or(0.0), s["span_f1"].as_f64().unwrap_or(-1.0))).collect();
+    assert_eq!(posts.iter().map(|(n, _)| n).sum::<f64>(), 20.0, "{shapes:?}");
+    let weighted = posts.iter().map(|(n, f1)| n * f1).sum::<f64>() / 20.0;
+    assert!((weighted - span_f1).abs() < 1e-9, "{weighted} vs {span_f1}");
     assert!(spans.get("flag_auc").is_none(), "every Toxic Spans post is toxic: no AUC");
     assert!(spans.get("clean_with_spans").is_none(), "no Toxic Spans post is labelled clean");
 }

@@ -84,6 +84,61 @@ pub fn span_f1(gold: &HashSet<usize>, predicted: &HashSet<usize>) -> f64 {
     }
 }
 
+/// The shape of a post's gold spans. Toxic Spans' test split differs from its trial split in
+/// this mix (see `../shared/data/toxic_spans/SOURCE.md`: a fifth of the test posts mark
+/// nothing, and the rest average 9 toxic characters, about one word), so span F1 per shape
+/// lets a dev score be reweighted to another mix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GoldShape {
+    /// No span marked.
+    None,
+    /// One range of at most [`SHORT_SPAN_CHARS`] characters.
+    Short,
+    /// Several ranges, or a longer one.
+    Long,
+}
+
+/// The longest single range counted as [`GoldShape::Short`]: a word or two.
+pub const SHORT_SPAN_CHARS: usize = 12;
+
+impl GoldShape {
+    pub fn of(spans: &[[usize; 2]]) -> Self {
+        match spans {
+            [] => Self::None,
+            [[start, end]] if end.saturating_sub(*start) <= SHORT_SPAN_CHARS => Self::Short,
+            _ => Self::Long,
+        }
+    }
+}
+
+/// Span F1 over the posts of one [`GoldShape`].
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ShapeScore {
+    pub posts: usize,
+    pub span_f1: f64,
+    /// Gold characters per post.
+    pub gold_chars: f64,
+}
+
+/// Span F1 per gold shape from `(gold spans, post F1)` pairs.
+pub fn span_f1_by_shape<'a>(
+    posts: impl IntoIterator<Item = (&'a [[usize; 2]], f64)>,
+) -> BTreeMap<GoldShape, ShapeScore> {
+    let mut sums: BTreeMap<GoldShape, (usize, f64, usize)> = BTreeMap::new();
+    for (spans, f1) in posts {
+        let entry = sums.entry(GoldShape::of(spans)).or_default();
+        entry.0 += 1;
+        entry.1 += f1;
+        entry.2 += spans.iter().map(|[start, end]| end.saturating_sub(*start)).sum::<usize>();
+    }
+    sums.into_iter()
+        .map(|(shape, (posts, f1, chars))| {
+            (shape, ShapeScore { posts, span_f1: f1 / posts as f64, gold_chars: chars as f64 / posts as f64 })
+        })
+        .collect()
+}
+
 /// Accuracy and the F1 of each class of a binary decision.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 pub struct BinaryScores {
@@ -162,6 +217,9 @@ pub struct ModerationReport {
     /// Mean per-post span F1 over the span-annotated rows (absent without any).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub span_f1: Option<f64>,
+    /// Span F1 per shape of the gold spans (absent without span-annotated rows).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub span_f1_by_shape: BTreeMap<GoldShape, ShapeScore>,
     /// The binary label scored (`offensive` or `toxic`) and the score used for it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flag_label: Option<String>,
@@ -205,19 +263,22 @@ pub async fn evaluate(moderator: &Moderator, rows: &[ModerationRow], bar: &Progr
     }
     let seconds = started.elapsed().as_secs_f64();
 
-    let span_scores: Vec<f64> = rows
+    let span_scores: Vec<(&[[usize; 2]], f64)> = rows
         .iter()
         .zip(&outputs)
         .filter_map(|(row, out)| {
+            let spans = row.spans.as_deref()?;
             let gold = row.gold_chars()?;
             let ranges: Vec<Range<usize>> = out.spans.iter().map(|s| s.range.clone()).collect();
-            Some(span_f1(&gold, &chars_of_byte_ranges(&row.text, &ranges)))
+            Some((spans, span_f1(&gold, &chars_of_byte_ranges(&row.text, &ranges))))
         })
         .collect();
     let mut report = ModerationReport {
         model: moderator.id().to_string(),
         n: rows.len(),
-        span_f1: (!span_scores.is_empty()).then(|| span_scores.iter().sum::<f64>() / span_scores.len() as f64),
+        span_f1: (!span_scores.is_empty())
+            .then(|| span_scores.iter().map(|(_, f1)| f1).sum::<f64>() / span_scores.len() as f64),
+        span_f1_by_shape: span_f1_by_shape(span_scores.iter().copied()),
         flag_label: None,
         flag_score: None,
         flag_accuracy: None,
@@ -273,17 +334,20 @@ pub fn share_of_true(flags: impl IntoIterator<Item = bool>) -> Option<f64> {
 /// The report as aligned `metric value` lines.
 pub fn table(report: &ModerationReport) -> String {
     let mut lines = vec![format!("model            {}", report.model), format!("n                {}", report.n)];
-    let mut push = |name: &str, value: Option<f64>| {
-        if let Some(value) = value {
-            lines.push(format!("{name:<16} {value:.4}"));
-        }
-    };
-    push("span_f1", report.span_f1);
-    push("flag_accuracy", report.flag_accuracy);
-    push("flag_macro_f1", report.flag_macro_f1);
-    push("flag_auc", report.flag_auc);
-    push("clean_with_spans", report.clean_with_spans);
-    push("texts_per_s", Some(report.texts_per_s));
+    let metric = |name: &str, value: Option<f64>| value.map(|value| format!("{name:<16} {value:.4}"));
+    lines.extend(metric("span_f1", report.span_f1));
+    lines.extend(report.span_f1_by_shape.iter().map(|(shape, score)| {
+        let name = format!("{shape:?}").to_lowercase();
+        format!(
+            "  gold {name:<9} {:.4}  ({} posts, {:.1} gold chars each)",
+            score.span_f1, score.posts, score.gold_chars
+        )
+    }));
+    lines.extend(metric("flag_accuracy", report.flag_accuracy));
+    lines.extend(metric("flag_macro_f1", report.flag_macro_f1));
+    lines.extend(metric("flag_auc", report.flag_auc));
+    lines.extend(metric("clean_with_spans", report.clean_with_spans));
+    lines.extend(metric("texts_per_s", Some(report.texts_per_s)));
     if let (Some(label), Some(score)) = (&report.flag_label, &report.flag_score) {
         lines.push(format!("flag             gold `{label}` vs model `{score}`"));
     }
@@ -299,6 +363,22 @@ mod tests {
         assert_eq!(share_of_true([]), None);
         assert_eq!(share_of_true([true, false, false, true]), Some(0.5));
         assert_eq!(share_of_true([false]), Some(0.0));
+    }
+
+    #[test]
+    fn span_f1_by_shape_sorts_posts_by_their_gold_spans() {
+        let none: &[[usize; 2]] = &[];
+        let word: &[[usize; 2]] = &[[4, 10]];
+        let phrase: &[[usize; 2]] = &[[0, 20]];
+        let two_words: &[[usize; 2]] = &[[0, 3], [8, 12]];
+        let shapes = span_f1_by_shape([(none, 1.0), (none, 0.0), (word, 0.5), (phrase, 0.2), (two_words, 0.6)]);
+        assert_eq!(shapes[&GoldShape::None], ShapeScore { posts: 2, span_f1: 0.5, gold_chars: 0.0 });
+        assert_eq!(shapes[&GoldShape::Short], ShapeScore { posts: 1, span_f1: 0.5, gold_chars: 6.0 });
+        assert_eq!(shapes[&GoldShape::Long].posts, 2);
+        assert!((shapes[&GoldShape::Long].span_f1 - 0.4).abs() < 1e-12);
+        assert_eq!(shapes[&GoldShape::Long].gold_chars, 13.5);
+        assert_eq!(GoldShape::of(&[[0, SHORT_SPAN_CHARS]]), GoldShape::Short);
+        assert_eq!(GoldShape::of(&[[0, SHORT_SPAN_CHARS + 1]]), GoldShape::Long);
     }
 
     #[test]
