@@ -103,6 +103,15 @@ pub enum GoldShape {
 pub const SHORT_SPAN_CHARS: usize = 12;
 
 impl GoldShape {
+    /// The name in reports, as in the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Short => "short",
+            Self::Long => "long",
+        }
+    }
+
     pub fn of(spans: &[[usize; 2]]) -> Self {
         match spans {
             [] => Self::None,
@@ -337,10 +346,12 @@ pub fn table(report: &ModerationReport) -> String {
     let metric = |name: &str, value: Option<f64>| value.map(|value| format!("{name:<16} {value:.4}"));
     lines.extend(metric("span_f1", report.span_f1));
     lines.extend(report.span_f1_by_shape.iter().map(|(shape, score)| {
-        let name = format!("{shape:?}").to_lowercase();
         format!(
-            "  gold {name:<9} {:.4}  ({} posts, {:.1} gold chars each)",
-            score.span_f1, score.posts, score.gold_chars
+            "  gold {:<9} {:.4}  ({} posts, {:.1} gold chars each)",
+            shape.name(),
+            score.span_f1,
+            score.posts,
+            score.gold_chars
         )
     }));
     lines.extend(metric("flag_accuracy", report.flag_accuracy));
@@ -379,6 +390,9 @@ mod tests {
         assert_eq!(shapes[&GoldShape::Long].gold_chars, 13.5);
         assert_eq!(GoldShape::of(&[[0, SHORT_SPAN_CHARS]]), GoldShape::Short);
         assert_eq!(GoldShape::of(&[[0, SHORT_SPAN_CHARS + 1]]), GoldShape::Long);
+        for shape in [GoldShape::None, GoldShape::Short, GoldShape::Long] {
+            assert_eq!(serde_json::to_value(shape).ok(), Some(serde_json::Value::from(shape.name())));
+        }
     }
 
     #[test]
