@@ -28,7 +28,7 @@ case "$task" in
       --dev "$data/olid/dev.jsonl"
       --dev "$data/toxic_spans/dev.jsonl"
       --dev "$data/davidson_hate_offensive/dev.jsonl"
-      --layers 3 --epochs 3 --seed 13
+      --layers 2 --epochs 3 --seed 13
     ) ;;
   nli)
     args=(
@@ -46,7 +46,7 @@ case "$task" in
 esac
 ./scripts/fetch-models.sh
 cargo build --release --locked --bin concord
-# Flags given to this script come last and win over the defaults above (e.g. --epochs 1).
+# Flags given to this script come last and win over the defaults above (e.g. --layers 3).
 folder="models/${task%-pair}"
 args+=(--out "$folder")
 concord="$CARGO_TARGET_DIR/release/concord"
