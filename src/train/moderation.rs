@@ -11,7 +11,8 @@
 //! Davidson's own `offensive` flag is not used: it marks 83% of its tweets, a much looser
 //! notion than OLID's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
 use std::path::Path;
 use std::time::Instant;
 
@@ -29,14 +30,22 @@ use crate::eval::moderation::{
     best_threshold, binary_scores, chars_of_byte_ranges, share_of_true, span_f1, ModerationRow,
 };
 use crate::model::TextTokenizer;
-use crate::tasks::moderate::{spans_from_token_probs, ModerationConfig, CONFIG_FILE};
+use crate::tasks::moderate::{spans_from_token_probs, ModerationConfig, CONFIG_FILE, WINDOW_BYTES};
+use crate::text::segment;
 
 pub const CATEGORIES: [&str; 3] = ["offensive", "hate", "targeted"];
 
-/// What one text teaches: the labels it has.
+/// What one window of a text teaches. Texts are cut into the windows the served model scores
+/// ([`segment::chunks`] of [`WINDOW_BYTES`]), so spans past the first window are learnt too
+/// and dev is scored the way `concord eval moderation` scores it.
 struct Labels {
-    row: ModerationRow,
-    /// Per category: `Some(1.0 | 0.0)` when labelled.
+    /// The text's row among the data set's rows; the windows of one text share it.
+    row: usize,
+    /// The window's byte range in the row's text.
+    window: Range<usize>,
+    /// Per category: `Some(1.0 | 0.0)` when labelled. A text's positive label says that some
+    /// window is offensive, not which, so it is kept only on a text of one window; a clean
+    /// text's windows are all clean.
     sentence: [Option<f32>; 3],
     /// Per token: 1.0 inside a gold span, all 0.0 for a text labelled clean; `None` for other
     /// rows without span annotation.
@@ -45,38 +54,58 @@ struct Labels {
 
 type Example = Cached<Labels>;
 
-impl Labels {
-    fn example(row: ModerationRow, tokenizer: &TextTokenizer) -> Result<Example> {
-        let tokens = tokenizer.encode(&row.text)?;
-        let as_label = |flag: Option<bool>| flag.map(|f| if f { 1.0 } else { 0.0 });
-        let sentence = [as_label(row.olid_offensive()), as_label(row.hate_speech()), as_label(row.olid_targeted())];
-        let token_labels = row.gold_chars().map(|gold| {
-            let toxic_bytes: Vec<bool> = {
-                let mut bytes = vec![false; row.text.len()];
-                for (index, (byte, c)) in row.text.char_indices().enumerate() {
-                    if gold.contains(&index) {
-                        bytes[byte..byte + c.len_utf8()].fill(true);
-                    }
+/// A row's category labels, in [`CATEGORIES`] order.
+fn sentence_labels(row: &ModerationRow) -> [Option<bool>; 3] {
+    [row.olid_offensive(), row.hate_speech(), row.olid_targeted()]
+}
+
+/// The examples of `rows`: one per window of each text.
+fn examples(rows: &[ModerationRow], tokenizer: &TextTokenizer) -> Result<Vec<Example>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for (index, row) in rows.iter().enumerate() {
+        let toxic_bytes: Option<Vec<bool>> = row.gold_chars().map(|gold| {
+            let mut bytes = vec![false; row.text.len()];
+            for (char_index, (byte, c)) in row.text.char_indices().enumerate() {
+                if gold.contains(&char_index) {
+                    bytes[byte..byte + c.len_utf8()].fill(true);
                 }
-                bytes
-            };
-            tokens
-                .offsets
-                .iter()
-                .map(|&(start, end)| {
-                    let inside =
-                        end > start && toxic_bytes[start.min(end)..end.min(toxic_bytes.len())].iter().any(|&t| t);
-                    if inside {
-                        1.0
-                    } else {
-                        0.0
-                    }
-                })
-                .collect()
+            }
+            bytes
         });
-        let token_labels = token_labels.or_else(|| row.labelled_clean().then(|| vec![0.0; tokens.offsets.len()]));
-        Ok(Cached::new(tokens, Self { row, sentence, token_labels }))
+        let windows = segment::chunks(&row.text, WINDOW_BYTES);
+        let single = windows.len() == 1;
+        let sentence = sentence_labels(row).map(|flag| match flag {
+            Some(false) => Some(0.0),
+            Some(true) if single => Some(1.0),
+            _ => None,
+        });
+        for window in windows {
+            let tokens = tokenizer.encode(&row.text[window.clone()])?;
+            let token_labels = match &toxic_bytes {
+                Some(toxic) => {
+                    let toxic = &toxic[window.clone()];
+                    Some(
+                        tokens
+                            .offsets
+                            .iter()
+                            .map(|&(start, end)| {
+                                let inside =
+                                    end > start && toxic[start.min(toxic.len())..end.min(toxic.len())].contains(&true);
+                                if inside {
+                                    1.0
+                                } else {
+                                    0.0
+                                }
+                            })
+                            .collect(),
+                    )
+                }
+                None => row.labelled_clean().then(|| vec![0.0; tokens.offsets.len()]),
+            };
+            out.push(Cached::new(tokens, Labels { row: index, window, sentence, token_labels }));
+        }
     }
+    Ok(out)
 }
 
 /// Dev metrics of one epoch, with the thresholds calibrated on the same dev data.
@@ -191,18 +220,45 @@ fn predict(model: &Model, examples: &[Example], device: &Device) -> Result<Vec<(
     Ok(out)
 }
 
-/// Calibrates thresholds on dev and reports the metrics they give.
-fn evaluate(model: &Model, dev: &[Example], device: &Device, epoch: usize, train_loss: f64) -> Result<DevReport> {
+/// Calibrates thresholds on dev and reports the metrics they give, per text: a category's
+/// score is its highest window's, the spans are those of every window.
+fn evaluate(
+    model: &Model,
+    rows: &[ModerationRow],
+    dev: &[Example],
+    device: &Device,
+    epoch: usize,
+    train_loss: f64,
+) -> Result<DevReport> {
     let started = Instant::now();
     let predictions = predict(model, dev, device)?;
+    let mut windows_of: Vec<Vec<usize>> = vec![Vec::new(); rows.len()];
+    for (i, example) in dev.iter().enumerate() {
+        windows_of[example.label.row].push(i);
+    }
+    let sentence: Vec<Vec<f32>> = windows_of
+        .iter()
+        .map(|windows| {
+            (0..CATEGORIES.len()).map(|c| windows.iter().map(|&i| predictions[i].0[c]).fold(0.0, f32::max)).collect()
+        })
+        .collect();
+    let spans_of = |row: usize, threshold: f32| -> Vec<Range<usize>> {
+        windows_of[row]
+            .iter()
+            .flat_map(|&i| {
+                let Labels { window, .. } = &dev[i].label;
+                let text = &rows[row].text[window.clone()];
+                spans_from_token_probs(text, &dev[i].tokens.offsets, &predictions[i].1, threshold)
+                    .into_iter()
+                    .map(move |s| s.range.start + window.start..s.range.end + window.start)
+            })
+            .collect()
+    };
     let mut category_macro_f1 = BTreeMap::new();
     let mut thresholds = BTreeMap::new();
     for (c, name) in CATEGORIES.iter().enumerate() {
-        let labelled: Vec<(f32, bool)> = dev
-            .iter()
-            .zip(&predictions)
-            .filter_map(|(e, (s, _))| e.label.sentence[c].map(|g| (s[c], g > 0.5)))
-            .collect();
+        let labelled: Vec<(f32, bool)> =
+            rows.iter().zip(&sentence).filter_map(|(row, s)| sentence_labels(row)[c].map(|g| (s[c], g))).collect();
         if labelled.is_empty() {
             thresholds.insert(name.to_string(), 0.5);
             continue;
@@ -215,30 +271,22 @@ fn evaluate(model: &Model, dev: &[Example], device: &Device, epoch: usize, train
         thresholds.insert(name.to_string(), threshold);
         category_macro_f1.insert(name.to_string(), f1);
     }
-    let spanned: Vec<(&Example, &Vec<f32>)> =
-        dev.iter().zip(&predictions).filter(|(e, _)| e.label.row.spans.is_some()).map(|(e, (_, t))| (e, t)).collect();
+    let spanned: Vec<(usize, HashSet<usize>)> =
+        rows.iter().enumerate().filter_map(|(i, row)| row.gold_chars().map(|gold| (i, gold))).collect();
     let (span_threshold, span_score) = if spanned.is_empty() {
         (0.5, None)
     } else {
-        let golds: Vec<_> = spanned.iter().map(|(e, _)| e.label.row.gold_chars().unwrap_or_default()).collect();
         let (threshold, f1) = best_threshold(|t| {
             spanned
                 .iter()
-                .zip(&golds)
-                .map(|((e, probs), gold)| {
-                    let spans = spans_from_token_probs(&e.label.row.text, &e.tokens.offsets, probs, t);
-                    let ranges: Vec<_> = spans.into_iter().map(|s| s.range).collect();
-                    span_f1(gold, &chars_of_byte_ranges(&e.label.row.text, &ranges))
-                })
+                .map(|(row, gold)| span_f1(gold, &chars_of_byte_ranges(&rows[*row].text, &spans_of(*row, t))))
                 .sum::<f64>()
                 / spanned.len() as f64
         });
         (threshold, Some(f1))
     };
     let clean_with_spans = share_of_true(
-        dev.iter().zip(&predictions).filter(|(e, _)| e.label.row.labelled_clean()).map(|(e, (_, probs))| {
-            !spans_from_token_probs(&e.label.row.text, &e.tokens.offsets, probs, span_threshold).is_empty()
-        }),
+        (0..rows.len()).filter(|&row| rows[row].labelled_clean()).map(|row| !spans_of(row, span_threshold).is_empty()),
     );
     Ok(DevReport {
         epoch,
@@ -263,12 +311,11 @@ pub fn train(
     let session = Session::start(options)?;
     let device = session.device.clone();
     let mut rng = Rng::new(options.seed);
-    let to_examples = |rows: Vec<ModerationRow>| -> Result<Vec<Example>> {
-        rows.into_iter().map(|row| Labels::example(row, &session.tokenizer)).collect()
-    };
-    let mut train = to_examples(read_rows(train_files, &mut rng)?)?;
-    let mut dev = to_examples(read_rows(dev_files, &mut rng)?)?;
-    ensure!(!train.is_empty() && !dev.is_empty(), "no training or no dev rows");
+    let train_rows: Vec<ModerationRow> = read_rows(train_files, &mut rng)?;
+    let dev_rows: Vec<ModerationRow> = read_rows(dev_files, &mut rng)?;
+    ensure!(!train_rows.is_empty() && !dev_rows.is_empty(), "no training or no dev rows");
+    let mut train = examples(&train_rows, &session.tokenizer)?;
+    let mut dev = examples(&dev_rows, &session.tokenizer)?;
 
     let mut params = Params::default();
     let top = session.top_layers(options, &mut params, &mut rng)?;
@@ -287,7 +334,7 @@ pub fn train(
         Ok((masked_bce(&sentence, &sentence_y, &sentence_mask)? + masked_bce(&tokens, &token_y, &token_mask)?)?)
     };
     let evaluate = |epoch: usize, train_loss: f64| {
-        let report = evaluate(&model, &dev, &device, epoch, train_loss)?;
+        let report = evaluate(&model, &dev_rows, &dev, &device, epoch, train_loss)?;
         bar.suspend(|| {
             eprintln!(
                 "epoch {epoch}: loss {:.4}, dev span F1 {}, clean texts with spans {}, category macro-F1 {:?}",
@@ -311,7 +358,7 @@ pub fn train(
         evaluate,
         |report: &DevReport| save(out, options, &params, report),
     )?;
-    Ok(TrainReport::new(options, (train_files, dev_files), (train.len(), dev.len()), &params, outcome))
+    Ok(TrainReport::new(options, (train_files, dev_files), (train_rows.len(), dev_rows.len()), &params, outcome))
 }
 
 fn save(out: &Path, options: &FinetuneOptions, params: &Params, report: &DevReport) -> Result<()> {
@@ -356,5 +403,53 @@ mod tests {
     #[test]
     fn without_span_dev_data_every_category_counts() {
         assert!((report(None, 0.8, 0.6).score() - 0.7).abs() < 1e-12);
+    }
+
+    fn row(text: &str, labels: serde_json::Value, spans: Option<Vec<[usize; 2]>>) -> ModerationRow {
+        let labels = labels.as_object().cloned().unwrap_or_default();
+        ModerationRow { id: String::new(), text: text.to_string(), labels, spans }
+    }
+
+    /// A long text is learnt window by window, as it is served: a span past the first window
+    /// is a target, and a positive text label, which does not say which window earned it, is
+    /// dropped from a text of several windows while a clean label holds for each window.
+    #[test]
+    fn long_texts_become_windows_with_their_own_labels() -> Result<()> {
+        let dir = crate::model::source::resolve(crate::model::source::DEFAULT_MODEL)?;
+        let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json"), 128)?;
+        let filler = "The meeting ran long and nobody minded at all. ".repeat(20);
+        let long = format!("{filler}You are a moron.");
+        let moron = long.find("moron").context("moron")?;
+        let chars = long[..moron].chars().count();
+        let rows = [
+            row(&long, serde_json::json!({"toxic": 1}), Some(vec![[chars, chars + 5]])),
+            row(&filler, serde_json::json!({"offensive": 1, "subtask_a": "OFF", "subtask_b": "TIN"}), None),
+            row(&filler, serde_json::json!({"offensive": 0, "subtask_a": "NOT"}), None),
+            row("you moron", serde_json::json!({"offensive": 1, "subtask_a": "OFF", "subtask_b": "UNT"}), None),
+        ];
+        let examples = examples(&rows, &tokenizer)?;
+        let of_row = |r: usize| examples.iter().filter(move |e| e.label.row == r);
+        assert!(of_row(0).count() > 1, "a 960-byte text spans several windows");
+        let last = of_row(0).next_back().context("windows")?;
+        assert_eq!(last.label.window.end, long.len());
+        let marked: Vec<&str> = last
+            .tokens
+            .offsets
+            .iter()
+            .zip(last.label.token_labels.as_deref().unwrap_or_default())
+            .filter(|(_, &label)| label > 0.5)
+            .map(|(&(start, end), _)| &long[last.label.window.start + start..last.label.window.start + end])
+            .collect();
+        assert_eq!(marked.concat(), "moron", "word pieces of the gold span: {marked:?}");
+        let first = of_row(0).next().context("windows")?;
+        assert!(first.label.token_labels.as_deref().is_some_and(|t| t.iter().all(|&l| l == 0.0)));
+        assert!(of_row(0).all(|e| e.label.sentence == [None, None, None]), "Toxic Spans has no category labels");
+        assert!(of_row(1).all(|e| e.label.sentence == [None, None, None] && e.label.token_labels.is_none()));
+        assert!(of_row(2).all(|e| e.label.sentence == [Some(0.0), None, Some(0.0)]));
+        assert!(of_row(2).all(|e| e.label.token_labels.as_deref().is_some_and(|t| t.iter().all(|&l| l == 0.0))));
+        let short: Vec<_> = of_row(3).collect();
+        assert_eq!(short.len(), 1);
+        assert_eq!(short[0].label.sentence, [Some(1.0), None, Some(0.0)]);
+        Ok(())
     }
 }
