@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce one of Concord's trained models from ../shared/data on 2 CPU cores (moderation about
-# 40 minutes, nli about 100, intent about 5): `scripts/train.sh moderation` writes models/moderation,
+# 30 minutes, nli about 100, intent about 5): `scripts/train.sh moderation` writes models/moderation,
 # `scripts/train.sh nli` models/nli (its cross-encoder, then its pair head), `scripts/train.sh
 # intent` models/intent; `scripts/train.sh nli-pair` refits only the NLI pair head over the
 # cross-encoder already in the folder. Extra arguments go to `concord train TASK` (e.g. --out
