@@ -439,11 +439,13 @@ impl Moderator {
                 let item = &encoded[route.source][window];
                 let states = item.token_states.as_deref().unwrap_or_default();
                 let probs = self.sources[route.source].heads.token_probabilities(states);
-                let text = &texts[index][range.clone()];
-                for span in spans_from_token_probs(text, &item.tokens.offsets, &probs, route.threshold) {
-                    let shifted = span.range.start + range.start..span.range.end + range.start;
-                    spans[index].push(ScoredSpan { range: shifted, score: span.score });
-                }
+                spans[index].extend(spans_in_window(
+                    &texts[index],
+                    range,
+                    &item.tokens.offsets,
+                    &probs,
+                    route.threshold,
+                ));
             }
         }
         Ok(scores
@@ -523,6 +525,22 @@ pub fn spans_from_token_probs(
         .map(|s| ScoredSpan { range: widen_to_words(text, s.range), score: s.score })
         .collect();
     merge_touching(widened)
+}
+
+/// [`spans_from_token_probs`] for one window (`window`, a byte range of `text`, scored on its
+/// own), as byte ranges of the whole `text`.
+pub fn spans_in_window(
+    text: &str,
+    window: Range<usize>,
+    offsets: &[(usize, usize)],
+    probs: &[f32],
+    threshold: f32,
+) -> Vec<ScoredSpan> {
+    let shift = window.start;
+    spans_from_token_probs(&text[window], offsets, probs, threshold)
+        .into_iter()
+        .map(|span| ScoredSpan { range: span.range.start + shift..span.range.end + shift, score: span.score })
+        .collect()
 }
 
 fn widen_to_words(text: &str, range: Range<usize>) -> Range<usize> {

@@ -30,7 +30,7 @@ use crate::eval::moderation::{
     best_threshold, binary_scores, chars_of_byte_ranges, share_of_true, span_f1, ModerationRow,
 };
 use crate::model::TextTokenizer;
-use crate::tasks::moderate::{spans_from_token_probs, ModerationConfig, CONFIG_FILE, WINDOW_BYTES};
+use crate::tasks::moderate::{spans_in_window, ModerationConfig, CONFIG_FILE, WINDOW_BYTES};
 use crate::text::segment;
 
 pub const CATEGORIES: [&str; 3] = ["offensive", "hate", "targeted"];
@@ -59,6 +59,22 @@ fn sentence_labels(row: &ModerationRow) -> [Option<bool>; 3] {
     [row.olid_offensive(), row.hate_speech(), row.olid_targeted()]
 }
 
+/// Per token: 1.0 when any of its bytes is toxic (`toxic`, one flag per byte of the text the
+/// `offsets` index), else 0.0; special tokens are 0.0.
+fn token_targets(toxic: &[bool], offsets: &[(usize, usize)]) -> Vec<f32> {
+    offsets
+        .iter()
+        .map(|&(start, end)| {
+            let inside = end > start && toxic[start.min(toxic.len())..end.min(toxic.len())].contains(&true);
+            if inside {
+                1.0
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
 /// The examples of `rows`: one per window of each text.
 fn examples(rows: &[ModerationRow], tokenizer: &TextTokenizer) -> Result<Vec<Example>> {
     let mut out = Vec::with_capacity(rows.len());
@@ -82,24 +98,7 @@ fn examples(rows: &[ModerationRow], tokenizer: &TextTokenizer) -> Result<Vec<Exa
         for window in windows {
             let tokens = tokenizer.encode(&row.text[window.clone()])?;
             let token_labels = match &toxic_bytes {
-                Some(toxic) => {
-                    let toxic = &toxic[window.clone()];
-                    Some(
-                        tokens
-                            .offsets
-                            .iter()
-                            .map(|&(start, end)| {
-                                let inside =
-                                    end > start && toxic[start.min(toxic.len())..end.min(toxic.len())].contains(&true);
-                                if inside {
-                                    1.0
-                                } else {
-                                    0.0
-                                }
-                            })
-                            .collect(),
-                    )
-                }
+                Some(toxic) => Some(token_targets(&toxic[window.clone()], &tokens.offsets)),
                 None => row.labelled_clean().then(|| vec![0.0; tokens.offsets.len()]),
             };
             out.push(Cached::new(tokens, Labels { row: index, window, sentence, token_labels }));
@@ -246,12 +245,10 @@ fn evaluate(
         windows_of[row]
             .iter()
             .flat_map(|&i| {
-                let Labels { window, .. } = &dev[i].label;
-                let text = &rows[row].text[window.clone()];
-                spans_from_token_probs(text, &dev[i].tokens.offsets, &predictions[i].1, threshold)
-                    .into_iter()
-                    .map(move |s| s.range.start + window.start..s.range.end + window.start)
+                let (window, offsets) = (dev[i].label.window.clone(), &dev[i].tokens.offsets);
+                spans_in_window(&rows[row].text, window, offsets, &predictions[i].1, threshold)
             })
+            .map(|span| span.range)
             .collect()
     };
     let mut category_macro_f1 = BTreeMap::new();
