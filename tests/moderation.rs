@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use concord::eval::moderation::{auc, chars_of_byte_ranges, span_f1, ModerationRow};
 use concord::runtime::EngineConfig;
 use concord::server::Limits;
+use concord::tasks::moderate::SpanDecoding;
 use concord::text::offsets::{to_byte, OffsetUnit};
 use serde_json::{json, Value};
 
@@ -268,7 +269,7 @@ async fn a_hub_multi_label_classifier_can_replace_the_default_model() {
     common::tiny::classifier(dir.path(), &["toxic", "insult"], &[2.0, -2.0], true, false);
     let moderator = load(dir.path()).expect("hub classifier loads");
     assert_eq!(moderator.categories().collect::<Vec<_>>(), vec!["toxic", "insult"]);
-    assert_eq!(moderator.span_threshold(), None);
+    assert_eq!(moderator.span_decoding(), None);
     let results = moderator.moderate(&["some text".to_string()], &BTreeMap::new()).await.expect("moderates");
     let scores = &results[0].category_scores;
     // One sigmoid per label: sigmoid(2) and sigmoid(-2). A softmax over the two would give
@@ -294,7 +295,7 @@ async fn a_hub_token_classifier_marks_spans() {
 
     let moderator = load(&marking).expect("token classifier loads");
     assert_eq!(moderator.categories().count(), 0);
-    assert_eq!(moderator.span_threshold(), Some(0.5));
+    assert_eq!(moderator.span_decoding(), Some(SpanDecoding::absolute(0.5)));
     let results = moderator.moderate(std::slice::from_ref(&text), &BTreeMap::new()).await.expect("moderates");
     assert_eq!(results[0].spans.len(), 1, "{:?}", results[0].spans);
     assert_eq!(&text[results[0].spans[0].range.clone()], text);
@@ -319,7 +320,7 @@ async fn a_setup_file_chooses_a_model_per_category_and_for_spans() {
             "rude": {"model": "toxicity", "label": "insult", "threshold": 0.1},
             "offensive": {"model": concord::tasks::moderate::DEFAULT_MODEL_DIR}
         },
-        "spans": {"model": "spans", "threshold": 0.9}
+        "spans": {"model": "spans", "threshold": 0.9, "relative_threshold": 0.5}
     });
     let path = dir.path().join("setup.json");
     std::fs::write(&path, setup.to_string()).expect("setup");
@@ -335,7 +336,7 @@ async fn a_setup_file_chooses_a_model_per_category_and_for_spans() {
     ))
     .expect("default config");
     assert_eq!(thresholds["offensive"], own.thresholds["offensive"]);
-    assert_eq!(moderator.span_threshold(), Some(0.9));
+    assert_eq!(moderator.span_decoding(), Some(SpanDecoding { threshold: 0.9, relative: 0.5 }));
 
     let texts = vec!["Thanks, that reads much better now.".to_string()];
     let results = moderator.moderate(&texts, &BTreeMap::new()).await.expect("moderates");
@@ -352,10 +353,12 @@ async fn a_setup_file_chooses_a_model_per_category_and_for_spans() {
 fn a_setup_file_that_does_not_fit_its_models_is_refused_with_the_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
     common::tiny::classifier(&dir.path().join("toxicity"), &["toxic", "insult"], &[0.0, 0.0], true, false);
+    common::tiny::classifier(&dir.path().join("spans"), &["O", "TOXIC"], &[0.0, 3.0], false, true);
     let cases = [
         (json!({"categories": {"hate": {"model": "toxicity"}}}), "no label 'hate' (it has: toxic, insult)"),
         (json!({"categories": {}, "spans": {"model": "toxicity"}}), "marks no spans"),
         (json!({"categories": {"toxic": {"model": "toxicity", "threshold": 1.5}}}), "within 0..1"),
+        (json!({"categories": {}, "spans": {"model": "spans", "relative_threshold": -0.1}}), "within 0..1"),
         (json!({"categories": {"toxic": {"model": "toxicity", "labels": "x"}}}), "unknown field"),
         (json!({"categories": {}}), "names no categories and no span model"),
     ];

@@ -203,8 +203,10 @@ pub struct ModerationInfo {
     models: Vec<String>,
     categories: Vec<String>,
     thresholds: std::collections::BTreeMap<String, f32>,
-    /// Absent when no model marks spans.
+    /// Token probability from which a token is part of a span; absent when no model marks spans.
     span_threshold: Option<f32>,
+    /// Share of the strongest span's score in a window that another span must reach to be kept.
+    span_relative_threshold: Option<f32>,
 }
 
 #[utoipa::path(get, path = "/info", responses((status = 200, body = Info)))]
@@ -219,7 +221,8 @@ async fn info(State(state): State<SharedState>) -> Json<Info> {
             models: m.models(),
             categories: m.categories().map(String::from).collect(),
             thresholds: m.thresholds(),
-            span_threshold: m.span_threshold(),
+            span_threshold: m.span_decoding().map(|d| d.threshold),
+            span_relative_threshold: m.span_decoding().map(|d| d.relative),
         }),
         nli: state.nli.as_ref().map(|m| m.id().to_string()),
         intent: state.intent.as_ref().map(|m| m.id().to_string()),

@@ -30,10 +30,16 @@ use crate::eval::moderation::{
     best_threshold, binary_scores, chars_of_byte_ranges, share_of_true, span_f1, ModerationRow,
 };
 use crate::model::TextTokenizer;
-use crate::tasks::moderate::{spans_in_window, ModerationConfig, CONFIG_FILE, WINDOW_BYTES};
+use crate::tasks::moderate::{spans_in_window, ModerationConfig, SpanDecoding, CONFIG_FILE, WINDOW_BYTES};
 use crate::text::segment;
 
 pub const CATEGORIES: [&str; 3] = ["offensive", "hate", "targeted"];
+
+/// The category held to a target (OLID), which with span F1 chooses the epoch.
+const OFFENSIVE: &str = CATEGORIES[0];
+
+/// Relative span thresholds tried in calibration (see [`SpanDecoding::relative`]).
+const RELATIVE_GRID: [f32; 10] = [0.0, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9];
 
 /// What one window of a text teaches. Texts are cut into the windows the served model scores
 /// ([`segment::chunks`] of [`WINDOW_BYTES`]), so spans past the first window are learnt too
@@ -114,6 +120,7 @@ pub struct DevReport {
     pub train_loss: f64,
     pub span_f1: Option<f64>,
     pub span_threshold: f32,
+    pub span_relative_threshold: f32,
     /// Share of the dev texts labelled clean that get a span at `span_threshold` (lower is
     /// better; not part of the epoch choice).
     pub clean_with_spans: Option<f64>,
@@ -129,7 +136,7 @@ impl DevReport {
     /// but do not choose. When dev lacks either, the mean of every available dev metric.
     fn score(&self) -> f64 {
         let targets: Vec<f64> =
-            self.span_f1.into_iter().chain(self.category_macro_f1.get("offensive").copied()).collect();
+            self.span_f1.into_iter().chain(self.category_macro_f1.get(OFFENSIVE).copied()).collect();
         let values: Vec<f64> = if targets.len() == 2 {
             targets
         } else {
@@ -241,12 +248,12 @@ fn evaluate(
             (0..CATEGORIES.len()).map(|c| windows.iter().map(|&i| predictions[i].0[c]).fold(0.0, f32::max)).collect()
         })
         .collect();
-    let spans_of = |row: usize, threshold: f32| -> Vec<Range<usize>> {
+    let spans_of = |row: usize, decoding: SpanDecoding| -> Vec<Range<usize>> {
         windows_of[row]
             .iter()
             .flat_map(|&i| {
                 let (window, offsets) = (dev[i].label.window.clone(), &dev[i].tokens.offsets);
-                spans_in_window(&rows[row].text, window, offsets, &predictions[i].1, threshold)
+                spans_in_window(&rows[row].text, window, offsets, &predictions[i].1, decoding)
             })
             .map(|span| span.range)
             .collect()
@@ -270,31 +277,46 @@ fn evaluate(
     }
     let spanned: Vec<(usize, HashSet<usize>)> =
         rows.iter().enumerate().filter_map(|(i, row)| row.gold_chars().map(|gold| (i, gold))).collect();
-    let (span_threshold, span_score) = if spanned.is_empty() {
-        (0.5, None)
+    let (span_decoding, span_score) = if spanned.is_empty() {
+        (SpanDecoding::absolute(0.5), None)
     } else {
-        let (threshold, f1) = best_threshold(|t| {
+        let (decoding, f1) = best_span_decoding(|decoding| {
             spanned
                 .iter()
-                .map(|(row, gold)| span_f1(gold, &chars_of_byte_ranges(&rows[*row].text, &spans_of(*row, t))))
+                .map(|(row, gold)| span_f1(gold, &chars_of_byte_ranges(&rows[*row].text, &spans_of(*row, decoding))))
                 .sum::<f64>()
                 / spanned.len() as f64
         });
-        (threshold, Some(f1))
+        (decoding, Some(f1))
     };
     let clean_with_spans = share_of_true(
-        (0..rows.len()).filter(|&row| rows[row].labelled_clean()).map(|row| !spans_of(row, span_threshold).is_empty()),
+        (0..rows.len()).filter(|&row| rows[row].labelled_clean()).map(|row| !spans_of(row, span_decoding).is_empty()),
     );
     Ok(DevReport {
         epoch,
         train_loss,
         span_f1: span_score,
-        span_threshold,
+        span_threshold: span_decoding.threshold,
+        span_relative_threshold: span_decoding.relative,
         clean_with_spans,
         category_macro_f1,
         thresholds,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The span decoding that maximises `objective`: the best threshold for each relative
+/// threshold of [`RELATIVE_GRID`]; a relative threshold is taken only where it does better
+/// than keeping every span.
+fn best_span_decoding(objective: impl Fn(SpanDecoding) -> f64) -> (SpanDecoding, f64) {
+    let mut best = (SpanDecoding::absolute(0.5), f64::MIN);
+    for relative in RELATIVE_GRID {
+        let (threshold, value) = best_threshold(|threshold| objective(SpanDecoding { threshold, relative }));
+        if value > best.1 + 1e-12 {
+            best = (SpanDecoding { threshold, relative }, value);
+        }
+    }
+    best
 }
 
 /// Trains on `train_files`, calibrates on `dev_files`, writes the model folder `out`.
@@ -367,6 +389,7 @@ fn save(out: &Path, options: &FinetuneOptions, params: &Params, report: &DevRepo
         categories: CATEGORIES.iter().map(|c| c.to_string()).collect(),
         thresholds: report.thresholds.clone(),
         span_threshold: report.span_threshold,
+        span_relative_threshold: report.span_relative_threshold,
     };
     std::fs::write(out.join(CONFIG_FILE), serde_json::to_string_pretty(&config)? + "\n")
         .with_context(|| format!("writing {}", out.join(CONFIG_FILE).display()))
@@ -382,6 +405,7 @@ mod tests {
             train_loss: 0.0,
             span_f1,
             span_threshold: 0.4,
+            span_relative_threshold: 0.0,
             clean_with_spans: None,
             category_macro_f1: [("offensive".to_string(), offensive), ("hate".to_string(), hate)].into(),
             thresholds: BTreeMap::new(),
@@ -395,6 +419,15 @@ mod tests {
         let better_hate = report(Some(0.661), 0.779, 0.90);
         assert!((better_targets.score() - (0.664 + 0.781) / 2.0).abs() < 1e-12);
         assert!(better_targets.score() > better_hate.score());
+    }
+
+    #[test]
+    fn a_relative_threshold_is_calibrated_only_where_it_helps() {
+        let (flat, _) = best_span_decoding(|d| if d.threshold == 0.35 { 0.6 } else { 0.5 });
+        assert_eq!(flat, SpanDecoding::absolute(0.35));
+        let (peaked, value) = best_span_decoding(|d| if d.threshold == 0.35 && d.relative == 0.6 { 0.7 } else { 0.5 });
+        assert_eq!(peaked, SpanDecoding { threshold: 0.35, relative: 0.6 });
+        assert_eq!(value, 0.7);
     }
 
     #[test]
