@@ -216,13 +216,16 @@ async fn info(State(state): State<SharedState>) -> Json<Info> {
         version: env!("CARGO_PKG_VERSION"),
         default_model: state.models.default_engine().info().id.clone(),
         models: state.models.all().iter().map(|e| e.info().clone()).collect(),
-        moderation: state.moderator.as_ref().map(|m| ModerationInfo {
-            id: m.id().to_string(),
-            models: m.models(),
-            categories: m.categories().map(String::from).collect(),
-            thresholds: m.thresholds(),
-            span_threshold: m.span_decoding().map(|d| d.threshold),
-            span_relative_threshold: m.span_decoding().map(|d| d.relative),
+        moderation: state.moderator.as_ref().map(|m| {
+            let spans = m.span_decoding();
+            ModerationInfo {
+                id: m.id().to_string(),
+                models: m.models(),
+                categories: m.categories().map(String::from).collect(),
+                thresholds: m.thresholds(),
+                span_threshold: spans.map(|d| d.threshold),
+                span_relative_threshold: spans.map(|d| d.relative),
+            }
         }),
         nli: state.nli.as_ref().map(|m| m.id().to_string()),
         intent: state.intent.as_ref().map(|m| m.id().to_string()),

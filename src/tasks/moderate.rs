@@ -215,6 +215,11 @@ impl ModerationConfig {
         }
         Ok(config)
     }
+
+    /// The calibrated span decoding.
+    pub fn span_decoding(&self) -> SpanDecoding {
+        SpanDecoding { threshold: self.span_threshold, relative: self.span_relative_threshold }
+    }
 }
 
 impl Heads {
@@ -234,9 +239,7 @@ impl Heads {
     /// The default span decoding, for models that mark spans.
     fn span_decoding(&self) -> Option<SpanDecoding> {
         match self {
-            Heads::Concord { config, .. } => {
-                Some(SpanDecoding { threshold: config.span_threshold, relative: config.span_relative_threshold })
-            }
+            Heads::Concord { config, .. } => Some(config.span_decoding()),
             Heads::Sequence(_) => None,
             Heads::Token(_) => Some(SpanDecoding::absolute(0.5)),
         }
@@ -535,12 +538,11 @@ pub fn spans_from_token_probs(
     probs: &[f32],
     decoding: SpanDecoding,
 ) -> Vec<ScoredSpan> {
-    let threshold = decoding.threshold;
     let mut spans = Vec::new();
     let mut current: Option<ScoredSpan> = None;
     for (&(start, end), &p) in offsets.iter().zip(probs) {
         let special = end <= start;
-        if !special && p >= threshold {
+        if !special && p >= decoding.threshold {
             match current.as_mut() {
                 Some(span) => {
                     span.range.end = end;
