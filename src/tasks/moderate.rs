@@ -46,7 +46,7 @@ pub struct ModerationConfig {
     pub thresholds: BTreeMap<String, f32>,
     /// Token probability from which a token belongs to an offending span.
     pub span_threshold: f32,
-    /// Share of the strongest span's score in a window that any other span of the window must
+    /// Share of the strongest word's score in a window that any other word of a span must
     /// reach to be kept (0 keeps them all); see [`SpanDecoding::relative`].
     #[serde(default)]
     pub span_relative_threshold: f32,
@@ -57,10 +57,10 @@ pub struct ModerationConfig {
 pub struct SpanDecoding {
     /// Token probability from which a token belongs to a span.
     pub threshold: f32,
-    /// A span is kept only when its score reaches this share of the strongest span's in its
-    /// window; 0 keeps every span. Where one word clearly offends, annotators mostly leave the
-    /// weaker candidates around it unmarked (Toxic Spans trial: 100 of its 363 one-word posts
-    /// got the gold word plus others).
+    /// A word of a span (scored by its strongest token) is kept only when its score reaches
+    /// this share of the strongest word's in its window; 0 keeps every span whole. Where one
+    /// word clearly offends, annotators mostly leave the weaker candidates around it unmarked
+    /// (Toxic Spans trial: 100 of its 363 one-word posts got the gold word plus others).
     pub relative: f32,
 }
 
@@ -530,40 +530,59 @@ pub fn check_thresholds<S: AsRef<str>>(
 
 /// Turns per-token probabilities into spans of `text`: runs of consecutive tokens at or above
 /// the threshold (the gaps between them included), widened to whole words, since annotators
-/// mark words and the tokenizer cuts them into pieces, then those under the relative threshold
-/// dropped. Special tokens (`(0, 0)` offsets) end a run.
+/// mark words and the tokenizer cuts them into pieces. The relative threshold then applies
+/// word by word, each word scored by its strongest token: a weak word drops out of its run and
+/// splits it. Special tokens (`(0, 0)` offsets) end a run.
 pub fn spans_from_token_probs(
     text: &str,
     offsets: &[(usize, usize)],
     probs: &[f32],
     decoding: SpanDecoding,
 ) -> Vec<ScoredSpan> {
-    let mut spans = Vec::new();
-    let mut current: Option<ScoredSpan> = None;
+    // Per run, its words in order: a token's widened range joins the previous word when they
+    // overlap or touch (pieces of one word, or punctuation stuck to it).
+    let mut runs: Vec<Vec<ScoredSpan>> = Vec::new();
+    let mut run: Vec<ScoredSpan> = Vec::new();
     for (&(start, end), &p) in offsets.iter().zip(probs) {
         let special = end <= start;
-        if !special && p >= decoding.threshold {
-            match current.as_mut() {
-                Some(span) => {
-                    span.range.end = end;
-                    span.score = span.score.max(p);
-                }
-                None => current = Some(ScoredSpan { range: start..end, score: p }),
+        if special || p < decoding.threshold || end > text.len() {
+            if !run.is_empty() {
+                runs.push(std::mem::take(&mut run));
             }
-        } else if let Some(span) = current.take() {
-            spans.push(span);
+            continue;
+        }
+        let word = ScoredSpan { range: widen_to_words(text, start..end), score: p };
+        match run.last_mut() {
+            Some(last) if word.range.start <= last.range.end => {
+                last.range.end = last.range.end.max(word.range.end);
+                last.score = last.score.max(word.score);
+            }
+            _ => run.push(word),
         }
     }
-    spans.extend(current);
-    let widened = spans
-        .into_iter()
-        .filter(|s| s.range.end <= text.len())
-        .map(|s| ScoredSpan { range: widen_to_words(text, s.range), score: s.score })
-        .collect();
-    let mut spans = merge_touching(widened);
-    let strongest = spans.iter().map(|s| s.score).fold(0.0, f32::max);
-    spans.retain(|s| s.score >= decoding.relative * strongest);
-    spans
+    if !run.is_empty() {
+        runs.push(run);
+    }
+    let strongest = runs.iter().flatten().map(|w| w.score).fold(0.0, f32::max);
+    let mut spans = Vec::new();
+    for run in runs {
+        let mut current: Option<ScoredSpan> = None;
+        for word in run {
+            if word.score < decoding.relative * strongest {
+                spans.extend(current.take());
+                continue;
+            }
+            match current.as_mut() {
+                Some(span) => {
+                    span.range.end = word.range.end;
+                    span.score = span.score.max(word.score);
+                }
+                None => current = Some(word),
+            }
+        }
+        spans.extend(current);
+    }
+    merge_touching(spans)
 }
 
 /// [`spans_from_token_probs`] for one window (`window`, a byte range of `text`, scored on its
@@ -650,6 +669,23 @@ mod tests {
         assert_eq!(kept(0.0), vec!["silly", "stupid", "dumb"]);
         assert_eq!(kept(0.6), vec!["stupid", "dumb"], "0.5 < 0.6 × 0.95 <= 0.7");
         assert_eq!(kept(1.0), vec!["stupid"]);
+    }
+
+    #[test]
+    fn the_relative_threshold_drops_weak_words_inside_a_run() {
+        let text = "Fuck those fucking trolls, friend";
+        // Tokens: fuck, those, fuck, ##ing, troll, ##s, ",", friend.
+        let offsets = [(0, 4), (5, 10), (11, 15), (15, 18), (19, 24), (24, 25), (25, 26), (27, 33)];
+        let probs = [0.9, 0.4, 0.5, 0.8, 0.7, 0.3, 0.45, 0.1];
+        let kept = |relative| -> Vec<&str> {
+            spans_from_token_probs(text, &offsets, &probs, SpanDecoding { threshold: 0.35, relative })
+                .iter()
+                .map(|s| &text[s.range.clone()])
+                .collect()
+        };
+        assert_eq!(kept(0.0), vec!["Fuck those fucking trolls,"]);
+        assert_eq!(kept(0.5), vec!["Fuck", "fucking trolls,"], "0.4 < 0.5 × 0.9; a word scores its strongest piece");
+        assert_eq!(kept(0.95), vec!["Fuck"]);
     }
 
     #[test]
