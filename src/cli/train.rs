@@ -134,13 +134,24 @@ pub struct TrainNliArgs {
     balance: Vec<String>,
 }
 
+/// The moderation model's fine-tuning run.
+#[derive(Args)]
+pub struct TrainModerationArgs {
+    #[command(flatten)]
+    finetune: FinetuneArgs,
+    /// Weight of the soft span-F1 (Dice) loss added to the token head's cross-entropy on texts
+    /// with marked spans; 0 turns it off.
+    #[arg(long, default_value_t = 0.5)]
+    span_dice: f64,
+}
+
 #[derive(Subcommand)]
 pub enum TrainCommand {
     /// The merge resolution scorer (models/merge-scorer).
     Merge(TrainMergeArgs),
     /// The moderation model (models/moderation): fine-tuned top layers, category and span heads.
     #[command(args_override_self = true)]
-    Moderation(FinetuneArgs),
+    Moderation(TrainModerationArgs),
     /// The NLI cross-encoder (models/nli): fine-tuned top layers and a 3-way head.
     #[command(args_override_self = true)]
     Nli(TrainNliArgs),
@@ -171,10 +182,12 @@ pub fn run(command: TrainCommand) -> Result<ExitCode> {
             std::fs::write(args.out.join("metrics.json"), &metrics)?;
             print_out(&metrics)?;
         }
-        TrainCommand::Moderation(args) => {
+        TrainCommand::Moderation(TrainModerationArgs { finetune: args, span_dice }) => {
+            anyhow::ensure!(span_dice.is_finite() && span_dice >= 0.0, "--span-dice must be a number >= 0");
             let bar = progress_bar();
+            let files = &args.files;
             let report =
-                train::moderation::train(&args.files.data, &args.files.dev, &args.files.out, &args.options(), &bar)?;
+                train::moderation::train(&files.data, &files.dev, span_dice, &files.out, &args.options(), &bar)?;
             bar.finish_and_clear();
             args.finish(&report)?;
         }
