@@ -28,7 +28,7 @@ case "$task" in
       --dev "$data/olid/dev.jsonl"
       --dev "$data/toxic_spans/dev.jsonl"
       --dev "$data/davidson_hate_offensive/dev.jsonl"
-      --layers 2 --epochs 3 --seed 13
+      --layers 2 --epochs 3 --span-dice 0.5 --seed 13
     ) ;;
   nli)
     args=(
