@@ -430,6 +430,39 @@ fn save(out: &Path, options: &FinetuneOptions, params: &Params, report: &DevRepo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::finetune::DataSummary;
+
+    /// The report's JSON keeps the layout of the committed `metrics.json`.
+    #[test]
+    fn reports_keep_the_committed_metrics_layout() -> Result<()> {
+        let options = FinetuneOptions {
+            base_model: String::new(),
+            layers: 2,
+            lora_rank: None,
+            epochs: 1,
+            batch_size: 1,
+            learning_rate: 0.0,
+            head_learning_rate: 0.0,
+            dropout: 0.0,
+            seed: 0,
+            max_tokens: 1,
+        };
+        let report = TrainReport {
+            options,
+            data: DataSummary::new((&[], &[]), (0, 0)),
+            trainable_parameters: 0,
+            epochs: Vec::<DevReport>::new(),
+            best_epoch: 0,
+        };
+        let report = ModerationTrainReport { report, span_dice: 0.5 };
+        let top_level_keys = |json: &str| -> Vec<String> {
+            json.lines().filter_map(|l| l.strip_prefix("  \"")?.split('"').next().map(str::to_string)).collect()
+        };
+        let committed =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/models/moderation/metrics.json"))?;
+        assert_eq!(top_level_keys(&serde_json::to_string_pretty(&report)?), top_level_keys(&committed));
+        Ok(())
+    }
 
     #[test]
     fn the_soft_span_loss_is_one_minus_dice_over_marked_texts_and_has_a_gradient() -> Result<()> {
