@@ -9,7 +9,8 @@
 //! offending token: Toxic Spans has only toxic posts, and a head trained on those alone marked
 //! words in most clean tweets.
 //! Davidson's own `offensive` flag is not used: it marks 83% of its tweets, a much looser
-//! notion than OLID's.
+//! notion than OLID's. Beside cross-entropy, windows with marked tokens can add a soft span-F1
+//! term ([`soft_span_f1_loss`]), the metric Toxic Spans scores made differentiable.
 
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
@@ -115,8 +116,8 @@ fn examples(rows: &[ModerationRow], tokenizer: &TextTokenizer) -> Result<Vec<Exa
 
 /// One minus the soft span F1 (Dice) of the token probabilities against the targets, averaged
 /// over the texts with at least one target token (`[n, len]` logits, targets and mask). Toxic
-/// Spans scores the F1 of each post, so a weak extra word beside the one annotators marked
-/// costs as much as a missed character; cross-entropy alone does not see that trade-off.
+/// Spans scores the F1 of each post, where a character marked beside the annotators' word
+/// costs about as much as one of theirs missed; per-token cross-entropy does not weigh that.
 fn soft_span_f1_loss(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let probs = (candle_nn::ops::sigmoid(logits)? * mask)?;
     let gold = (targets * mask)?;
