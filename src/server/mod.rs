@@ -205,7 +205,8 @@ pub struct ModerationInfo {
     thresholds: std::collections::BTreeMap<String, f32>,
     /// Token probability from which a token is part of a span; absent when no model marks spans.
     span_threshold: Option<f32>,
-    /// Share of the strongest span's score in a window that another span must reach to be kept.
+    /// Share of the strongest word's score in a window that another word of a span must reach
+    /// to be kept.
     span_relative_threshold: Option<f32>,
 }
 

@@ -539,29 +539,22 @@ pub fn spans_from_token_probs(
     probs: &[f32],
     decoding: SpanDecoding,
 ) -> Vec<ScoredSpan> {
-    // Per run, its words in order: a token's widened range joins the previous word when they
-    // overlap or touch (pieces of one word, or punctuation stuck to it).
+    // Per run, its words in order: widened tokens that overlap or touch are one word (pieces of
+    // one word, or punctuation stuck to it).
     let mut runs: Vec<Vec<ScoredSpan>> = Vec::new();
     let mut run: Vec<ScoredSpan> = Vec::new();
     for (&(start, end), &p) in offsets.iter().zip(probs) {
         let special = end <= start;
         if special || p < decoding.threshold || end > text.len() {
             if !run.is_empty() {
-                runs.push(std::mem::take(&mut run));
+                runs.push(merge_touching(std::mem::take(&mut run)));
             }
             continue;
         }
-        let word = ScoredSpan { range: widen_to_words(text, start..end), score: p };
-        match run.last_mut() {
-            Some(last) if word.range.start <= last.range.end => {
-                last.range.end = last.range.end.max(word.range.end);
-                last.score = last.score.max(word.score);
-            }
-            _ => run.push(word),
-        }
+        run.push(ScoredSpan { range: widen_to_words(text, start..end), score: p });
     }
     if !run.is_empty() {
-        runs.push(run);
+        runs.push(merge_touching(run));
     }
     let strongest = runs.iter().flatten().map(|w| w.score).fold(0.0, f32::max);
     let mut spans = Vec::new();
