@@ -10,7 +10,6 @@
 //! `cargo bench --bench factcheck` (run `scripts/fetch-models.sh` first; reads ../shared/data);
 //! `CONCORD_DTYPE=q8` runs the models with int8 linear layers, as `concord serve --dtype q8`.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,7 +21,7 @@ use concord::runtime::{Engine, EngineConfig};
 use concord::tasks::factcheck::{check, claim_ranges, EmbeddingCache, FactcheckOptions, Source};
 use concord::tasks::intent::{IntentModel, DEFAULT_MODEL_DIR as INTENT_DIR};
 use concord::tasks::live::{annotate, AnnotationCache, Change, LiveDocument, LiveModels, LiveSettings};
-use concord::tasks::moderate::{Moderator, DEFAULT_MODEL_DIR as MODERATION_DIR};
+use concord::tasks::moderate::{Moderator, Thresholds, DEFAULT_MODEL_DIR as MODERATION_DIR};
 use concord::tasks::nli::{NliModel, DEFAULT_MODEL_DIR};
 use concord::text::offsets::OffsetUnit;
 use futures::StreamExt;
@@ -142,7 +141,7 @@ fn live_session(
         source_cache: cache,
     };
     let settings = LiveSettings {
-        thresholds: BTreeMap::new(),
+        thresholds: Thresholds::default(),
         sources: Arc::new(sources),
         factcheck: FactcheckOptions { top_k: 3 },
     };

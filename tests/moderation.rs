@@ -3,12 +3,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use concord::eval::moderation::{auc, chars_of_byte_ranges, span_f1, ModerationRow};
 use concord::runtime::EngineConfig;
 use concord::server::Limits;
-use concord::tasks::moderate::SpanDecoding;
+use concord::tasks::moderate::{SpanDecoding, Thresholds};
 use concord::text::offsets::{to_byte, OffsetUnit};
 use serde_json::{json, Value};
 
@@ -32,7 +30,7 @@ fn texts(rows: &[ModerationRow]) -> Vec<String> {
 async fn finds_toxic_spans_on_real_posts() {
     let moderator = common::load_moderator(EngineConfig::default());
     let rows = rows("toxic_spans/dev.jsonl", 60);
-    let results = moderator.moderate(&texts(&rows), &BTreeMap::new()).await.expect("moderates");
+    let results = moderator.moderate(&texts(&rows), &Thresholds::default()).await.expect("moderates");
     let mean = rows
         .iter()
         .zip(&results)
@@ -50,7 +48,7 @@ async fn finds_toxic_spans_on_real_posts() {
 async fn ranks_offensive_tweets_above_inoffensive_ones() {
     let moderator = common::load_moderator(EngineConfig::default());
     let rows = rows("olid/dev.jsonl", 120);
-    let results = moderator.moderate(&texts(&rows), &BTreeMap::new()).await.expect("moderates");
+    let results = moderator.moderate(&texts(&rows), &Thresholds::default()).await.expect("moderates");
     let scores: Vec<f32> = results.iter().map(|r| r.category_scores["offensive"]).collect();
     let gold: Vec<bool> = rows.iter().map(|r| r.olid_offensive().expect("OLID label")).collect();
     let area = auc(&scores, &gold).expect("both classes in 120 rows");
@@ -65,7 +63,7 @@ async fn ranks_offensive_tweets_above_inoffensive_ones() {
 async fn marks_no_spans_in_most_inoffensive_tweets() {
     let moderator = common::load_moderator(EngineConfig::default());
     let clean: Vec<ModerationRow> = rows("olid/dev.jsonl", 400).into_iter().filter(|r| r.labelled_clean()).collect();
-    let results = moderator.moderate(&texts(&clean), &BTreeMap::new()).await.expect("moderates");
+    let results = moderator.moderate(&texts(&clean), &Thresholds::default()).await.expect("moderates");
     let spanned = results.iter().filter(|r| !r.spans.is_empty()).count() as f64 / clean.len() as f64;
     // Under 1% of OLID's clean dev tweets get a span (model card); a token head trained on
     // toxic posts alone marked words in 88% of them.
@@ -115,6 +113,8 @@ async fn bad_input_gets_a_clear_error_and_the_server_keeps_serving() {
         (json!({"input": "x", "offsets": "bytes"}), 400, "invalid_request"),
         (json!({"input": "x", "thresholds": {"spam": 0.5}}), 422, "unknown_category"),
         (json!({"input": "x", "thresholds": {"offensive": 1.5}}), 422, "invalid_threshold"),
+        (json!({"input": "x", "span_threshold": -0.1}), 422, "invalid_threshold"),
+        (json!({"input": "x", "span_relative_threshold": 2}), 422, "invalid_threshold"),
         (json!({"input": 42}), 400, "invalid_request"),
         (json!({"text": "x"}), 400, "invalid_request"),
     ];
@@ -137,6 +137,19 @@ async fn bad_input_gets_a_clear_error_and_the_server_keeps_serving() {
     assert_eq!(
         body["results"][1]["categories"]["offensive"],
         json!(body["results"][1]["category_scores"]["offensive"].as_f64().unwrap_or(0.0) >= 0.99)
+    );
+    // Span thresholds of 0 mark every word: one span over the whole text.
+    let everything = client
+        .post(server.url("/v1/moderate"))
+        .json(&json!({"input": "Thanks for the fix", "span_threshold": 0, "span_relative_threshold": 0}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(everything.status(), 200);
+    let body: Value = everything.json().await.expect("json");
+    assert_eq!(
+        body["results"][0]["spans"],
+        json!([{"start": 0, "end": 18, "score": body["results"][0]["spans"][0]["score"], "text": "Thanks for the fix"}])
     );
 }
 
@@ -270,7 +283,7 @@ async fn a_hub_multi_label_classifier_can_replace_the_default_model() {
     let moderator = load(dir.path()).expect("hub classifier loads");
     assert_eq!(moderator.categories().collect::<Vec<_>>(), vec!["toxic", "insult"]);
     assert_eq!(moderator.span_decoding(), None);
-    let results = moderator.moderate(&["some text".to_string()], &BTreeMap::new()).await.expect("moderates");
+    let results = moderator.moderate(&["some text".to_string()], &Thresholds::default()).await.expect("moderates");
     let scores = &results[0].category_scores;
     // One sigmoid per label: sigmoid(2) and sigmoid(-2). A softmax over the two would give
     // 0.982 and 0.018.
@@ -280,6 +293,9 @@ async fn a_hub_multi_label_classifier_can_replace_the_default_model() {
     assert!(!results[0].categories["insult"]);
     assert!(results[0].flagged);
     assert!(results[0].spans.is_empty());
+    let span_threshold = Thresholds { span: Some(0.5), ..Thresholds::default() };
+    let refused = moderator.check_thresholds(&span_threshold).expect_err("no span model to apply it to");
+    assert_eq!(refused.code, "invalid_threshold");
 }
 
 /// A Hugging Face token classifier marks spans: a token's probability is one minus that of the
@@ -296,14 +312,19 @@ async fn a_hub_token_classifier_marks_spans() {
     let moderator = load(&marking).expect("token classifier loads");
     assert_eq!(moderator.categories().count(), 0);
     assert_eq!(moderator.span_decoding(), Some(SpanDecoding::absolute(0.5)));
-    let results = moderator.moderate(std::slice::from_ref(&text), &BTreeMap::new()).await.expect("moderates");
+    let results = moderator.moderate(std::slice::from_ref(&text), &Thresholds::default()).await.expect("moderates");
     assert_eq!(results[0].spans.len(), 1, "{:?}", results[0].spans);
     assert_eq!(&text[results[0].spans[0].range.clone()], text);
     assert!((results[0].spans[0].score - 0.9526).abs() < 1e-3);
     assert!(!results[0].flagged, "no categories, nothing flagged");
+    // A request's span threshold replaces the model's 0.5: above 0.9526, nothing is marked.
+    let stricter = Thresholds { span: Some(0.96), ..Thresholds::default() };
+    moderator.check_thresholds(&stricter).expect("a span model takes span thresholds");
+    let results = moderator.moderate(std::slice::from_ref(&text), &stricter).await.expect("moderates");
+    assert!(results[0].spans.is_empty(), "{:?}", results[0].spans);
 
     let moderator = load(&quiet).expect("token classifier loads");
-    let results = moderator.moderate(&[text], &BTreeMap::new()).await.expect("moderates");
+    let results = moderator.moderate(&[text], &Thresholds::default()).await.expect("moderates");
     assert!(results[0].spans.is_empty(), "{:?}", results[0].spans);
 }
 
@@ -339,7 +360,7 @@ async fn a_setup_file_chooses_a_model_per_category_and_for_spans() {
     assert_eq!(moderator.span_decoding(), Some(SpanDecoding { threshold: 0.9, relative: 0.5 }));
 
     let texts = vec!["Thanks, that reads much better now.".to_string()];
-    let results = moderator.moderate(&texts, &BTreeMap::new()).await.expect("moderates");
+    let results = moderator.moderate(&texts, &Thresholds::default()).await.expect("moderates");
     let result = &results[0];
     assert!((result.category_scores["toxic"] - 0.8808).abs() < 1e-3, "{result:?}");
     assert!((result.category_scores["rude"] - 0.1192).abs() < 1e-3, "{result:?}");

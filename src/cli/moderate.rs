@@ -1,6 +1,5 @@
 //! `concord moderate`: texts in (plain lines or JSONL), one JSON line per text out.
 
-use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,7 +13,7 @@ use serde_json::Value;
 use super::embed::{parse_records, read_input, InputFormat};
 use super::eval::progress_bar;
 use super::{runtime, EngineArgs, ModelArgs, ModerationModelArgs};
-use concord::tasks::moderate::ModerationResult;
+use concord::tasks::moderate::{ModerationResult, Thresholds};
 use concord::text::offsets::OffsetUnit;
 
 #[derive(Args)]
@@ -29,12 +28,27 @@ pub struct ModerateArgs {
     /// Unit of the span offsets: utf16 (browser editors), utf8 (bytes) or char (code points).
     #[arg(long, value_enum, default_value = "char")]
     offsets: OffsetUnitArg,
+    /// Token probability (0..1) from which a token belongs to a span, instead of the model's.
+    #[arg(long, value_parser = probability)]
+    span_threshold: Option<f32>,
+    /// Share (0..1) of a window's strongest word that a word must reach to stay in a span,
+    /// instead of the model's; 0 keeps every word.
+    #[arg(long, value_parser = probability)]
+    span_relative_threshold: Option<f32>,
     #[command(flatten)]
     moderation: ModerationModelArgs,
     #[command(flatten)]
     device: ModelArgs,
     #[command(flatten)]
     engine: EngineArgs,
+}
+
+fn probability(value: &str) -> Result<f32, String> {
+    match value.parse::<f32>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        Ok(_) => Err("must be within 0..1".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -72,17 +86,22 @@ pub fn run(args: ModerateArgs) -> Result<ExitCode> {
     let Some(moderator) = args.moderation.load(&args.device, &args.engine)? else {
         bail!("no moderation model: pass --moderation-model DIR");
     };
+    let thresholds = Thresholds {
+        categories: Default::default(),
+        span: args.span_threshold,
+        span_relative: args.span_relative_threshold,
+    };
+    moderator.check_thresholds(&thresholds).map_err(|e| anyhow::anyhow!(e.message))?;
     let unit = OffsetUnit::from(args.offsets);
     let bar = progress_bar();
     bar.set_length(records.len() as u64);
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    let defaults = BTreeMap::new();
     runtime()?.block_on(async {
         let calls = records.chunks(32).map(|chunk| {
             let texts: Vec<String> = chunk.iter().map(|r| r.text.clone()).collect();
-            let (moderator, defaults) = (&moderator, &defaults);
-            async move { moderator.moderate(&texts, defaults).await.map(|m| (chunk, m)) }
+            let (moderator, thresholds) = (&moderator, &thresholds);
+            async move { moderator.moderate(&texts, thresholds).await.map(|m| (chunk, m)) }
         });
         let mut results = futures::stream::iter(calls).buffered(4);
         while let Some(result) = results.next().await {

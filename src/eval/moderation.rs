@@ -9,7 +9,7 @@ use futures::StreamExt;
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
-use crate::tasks::moderate::Moderator;
+use crate::tasks::moderate::{Moderator, Thresholds};
 
 /// A row of the `moderation` schema of `../shared/data/README.md`.
 #[derive(Debug, Clone, Deserialize)]
@@ -257,7 +257,7 @@ const IN_FLIGHT: usize = 8;
 pub async fn evaluate(moderator: &Moderator, rows: &[ModerationRow], bar: &ProgressBar) -> Result<ModerationReport> {
     let started = Instant::now();
     bar.set_length(rows.len() as u64);
-    let none = BTreeMap::new();
+    let none = Thresholds::default();
     let calls = rows.chunks(CHUNK).map(|chunk| {
         let texts: Vec<String> = chunk.iter().map(|r| r.text.clone()).collect();
         let none = &none;

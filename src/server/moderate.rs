@@ -11,7 +11,7 @@ use super::embeddings::validate_texts;
 use super::error::{ApiError, Body as ErrorBody};
 use super::json::ApiJson;
 use super::SharedState;
-use crate::tasks::moderate::ModerationResult;
+use crate::tasks::moderate::{ModerationResult, Thresholds};
 use crate::text::offsets::OffsetUnit;
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -26,6 +26,12 @@ pub struct ModerationRequest {
     /// Per-category decision thresholds in 0..1, replacing the model's calibrated defaults.
     #[serde(default)]
     thresholds: BTreeMap<String, f32>,
+    /// Token probability in 0..1 from which a token belongs to a span, replacing the model's
+    /// `span_threshold` (`GET /info`): lower marks more.
+    span_threshold: Option<f32>,
+    /// Share in 0..1 of the strongest word's score in a window that a word must reach to stay
+    /// in a span, replacing the model's `span_relative_threshold`; 0 keeps every word.
+    span_relative_threshold: Option<f32>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -40,7 +46,7 @@ pub struct ModerationResponse {
         (status = 200, body = ModerationResponse),
         (status = 400, description = "malformed JSON, wrong types, unknown `offsets` unit", body = ErrorBody),
         (status = 413, description = "body too large", body = ErrorBody),
-        (status = 422, description = "empty, too many or too long inputs; unknown category or threshold outside 0..1", body = ErrorBody),
+        (status = 422, description = "empty, too many or too long inputs; unknown category, threshold outside 0..1, span threshold without a span model", body = ErrorBody),
         (status = 429, description = "overloaded; see Retry-After", body = ErrorBody),
         (status = 503, description = "no moderation model loaded", body = ErrorBody),
     ))]
@@ -55,10 +61,15 @@ pub async fn create(
             "no moderation model is loaded; start `concord serve` with --moderation-model DIR",
         ));
     };
-    moderator.check_thresholds(&request.thresholds)?;
+    let thresholds = Thresholds {
+        categories: request.thresholds,
+        span: request.span_threshold,
+        span_relative: request.span_relative_threshold,
+    };
+    moderator.check_thresholds(&thresholds)?;
     let texts = validate_texts(request.input, &state.limits)?;
     let _admission = moderator.admit()?;
-    let moderations = moderator.moderate(&texts, &request.thresholds).await?;
+    let moderations = moderator.moderate(&texts, &thresholds).await?;
     Ok(Json(ModerationResponse {
         model: moderator.id().to_string(),
         offsets: request.offsets,

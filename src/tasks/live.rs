@@ -22,7 +22,7 @@ use super::factcheck::{self, claim_view, validate_sources, ClaimResult, Embeddin
 use super::factcheck::{FactcheckOptions, SourceInput, MAX_TOP_K};
 use super::factcheck::{Source, Verdict};
 use super::intent::{align, IntentModel, IntentResult, Region};
-use super::moderate::{check_thresholds, Moderation, Moderator, SpanResult};
+use super::moderate::{check_thresholds, Moderation, Moderator, SpanResult, Thresholds};
 use super::nli::NliModel;
 use super::{check_chars, InvalidRequest};
 use crate::runtime::{off_runtime, Engine, EngineError};
@@ -179,7 +179,7 @@ pub fn handle(
                 document,
                 generation,
                 settings: LiveSettings {
-                    thresholds,
+                    thresholds: Thresholds::categories(thresholds),
                     sources: Arc::new(sources),
                     factcheck: FactcheckOptions { top_k },
                 },
@@ -472,7 +472,7 @@ pub struct LiveModels<'a> {
 #[derive(Debug, Clone)]
 pub struct LiveSettings {
     /// Per-category moderation thresholds replacing the model's defaults.
-    pub thresholds: BTreeMap<String, f32>,
+    pub thresholds: Thresholds,
     /// Claims are checked only when there are sources.
     pub sources: Arc<Vec<Source>>,
     pub factcheck: FactcheckOptions,
@@ -577,7 +577,7 @@ async fn moderate_new(
     moderator: Option<&Moderator>,
     text: &str,
     sentences: &[Range<usize>],
-    thresholds: &BTreeMap<String, f32>,
+    thresholds: &Thresholds,
     cache: &mut HashMap<String, Moderation>,
 ) -> Result<Vec<Moderation>, EngineError> {
     let Some(moderator) = moderator else {

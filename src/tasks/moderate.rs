@@ -71,6 +71,31 @@ impl SpanDecoding {
     }
 }
 
+/// A request's own decision thresholds, each replacing the model's calibrated one where given.
+#[derive(Debug, Clone, Default)]
+pub struct Thresholds {
+    /// Per category.
+    pub categories: BTreeMap<String, f32>,
+    /// [`SpanDecoding::threshold`].
+    pub span: Option<f32>,
+    /// [`SpanDecoding::relative`].
+    pub span_relative: Option<f32>,
+}
+
+impl Thresholds {
+    /// Category thresholds alone; the spans keep the model's decoding.
+    pub fn categories(categories: BTreeMap<String, f32>) -> Self {
+        Self { categories, ..Self::default() }
+    }
+
+    fn span_decoding(&self, calibrated: SpanDecoding) -> SpanDecoding {
+        SpanDecoding {
+            threshold: self.span.unwrap_or(calibrated.threshold),
+            relative: self.span_relative.unwrap_or(calibrated.relative),
+        }
+    }
+}
+
 /// A loaded moderation setup, ready to score texts: one model or several (each with its own
 /// engine), routed to the categories and to the spans.
 pub struct Moderator {
@@ -426,10 +451,26 @@ impl Moderator {
         self.spans.as_ref().map(|s| s.decoding)
     }
 
-    /// Refuses `thresholds` for categories the model lacks or outside 0..1.
-    pub fn check_thresholds(&self, thresholds: &BTreeMap<String, f32>) -> Result<(), InvalidRequest> {
+    /// Refuses thresholds for categories the model lacks, span thresholds where it marks no
+    /// spans, and any outside 0..1.
+    pub fn check_thresholds(&self, thresholds: &Thresholds) -> Result<(), InvalidRequest> {
         let categories: Vec<&str> = self.categories().collect();
-        check_thresholds(&categories, thresholds)
+        check_thresholds(&categories, &thresholds.categories)?;
+        for (name, value) in
+            [("span_threshold", thresholds.span), ("span_relative_threshold", thresholds.span_relative)]
+        {
+            let Some(value) = value else { continue };
+            if self.spans.is_none() {
+                return Err(InvalidRequest::new(
+                    "invalid_threshold",
+                    format!("`{name}` needs a span model, and this moderation setup marks no spans"),
+                ));
+            }
+            if !(0.0..=1.0).contains(&value) {
+                return Err(InvalidRequest::new("invalid_threshold", format!("`{name}` must be within 0..1")));
+            }
+        }
+        Ok(())
     }
 
     /// Takes a place under every engine's admission control, or fails when one is full.
@@ -437,12 +478,8 @@ impl Moderator {
         self.sources.iter().map(|s| s.engine.admit()).collect()
     }
 
-    /// Scores `texts`. `thresholds` overrides the default per-category thresholds.
-    pub async fn moderate(
-        &self,
-        texts: &[String],
-        thresholds: &BTreeMap<String, f32>,
-    ) -> Result<Vec<Moderation>, EngineError> {
+    /// Scores `texts`. `thresholds` overrides the calibrated thresholds it gives.
+    pub async fn moderate(&self, texts: &[String], thresholds: &Thresholds) -> Result<Vec<Moderation>, EngineError> {
         let mut windows = Vec::new();
         let mut inputs = Vec::new();
         for (index, text) in texts.iter().enumerate() {
@@ -479,7 +516,7 @@ impl Moderator {
                     range,
                     &item.tokens.offsets,
                     &probs,
-                    route.decoding,
+                    thresholds.span_decoding(route.decoding),
                 ));
             }
         }
@@ -490,7 +527,7 @@ impl Moderator {
                 let mut flags = BTreeMap::new();
                 let mut category_scores = BTreeMap::new();
                 for (category, score) in self.categories.iter().zip(scores) {
-                    let threshold = thresholds.get(&category.name).copied().unwrap_or(category.threshold);
+                    let threshold = thresholds.categories.get(&category.name).copied().unwrap_or(category.threshold);
                     flags.insert(category.name.clone(), score >= threshold);
                     category_scores.insert(category.name.clone(), score);
                 }
