@@ -203,6 +203,7 @@ async fn bad_messages_get_errors_and_change_nothing() {
     };
     expect_error(&mut socket, open(json!({"top_k": 0})), "invalid_top_k").await;
     expect_error(&mut socket, open(json!({"thresholds": {"nonsense": 0.5}})), "unknown_category").await;
+    expect_error(&mut socket, open(json!({"span_threshold": 1.5})), "invalid_threshold").await;
     expect_error(&mut socket, open(json!({"offsets": "bytes"})), "invalid_message").await;
     expect_error(&mut socket, open(json!({"text": "x".repeat(100_001)})), "document_too_large").await;
     socket.send(open(json!({}))).await.expect("send");

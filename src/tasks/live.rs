@@ -22,7 +22,7 @@ use super::factcheck::{self, claim_view, validate_sources, ClaimResult, Embeddin
 use super::factcheck::{FactcheckOptions, SourceInput, MAX_TOP_K};
 use super::factcheck::{Source, Verdict};
 use super::intent::{align, IntentModel, IntentResult, Region};
-use super::moderate::{check_thresholds, Moderation, Moderator, SpanResult, Thresholds};
+use super::moderate::{Moderation, Moderator, SpanResult, Thresholds};
 use super::nli::NliModel;
 use super::{check_chars, InvalidRequest};
 use crate::runtime::{off_runtime, Engine, EngineError};
@@ -53,6 +53,10 @@ pub enum ClientMessage {
         /// Per-category moderation thresholds in 0..1, replacing the model's defaults.
         #[serde(default)]
         thresholds: BTreeMap<String, f32>,
+        /// As in `/v1/moderate`: the span threshold replacing the model's.
+        span_threshold: Option<f32>,
+        /// As in `/v1/moderate`: the relative span threshold replacing the model's.
+        span_relative_threshold: Option<f32>,
         /// Evidence sentences checked per claim (default 3, at most 20).
         top_k: Option<usize>,
         /// Quiet time after an edit before annotating, in milliseconds (default 300, at most 10,000).
@@ -109,6 +113,8 @@ pub const MAX_DEBOUNCE_MS: u64 = 10_000;
 pub struct Capabilities {
     /// The moderation model's categories; `None` without one.
     pub moderation_categories: Option<Vec<String>>,
+    /// Whether the moderation model marks spans.
+    pub moderation_spans: bool,
     pub factcheck: bool,
     pub intent: bool,
     /// Longest document, in characters.
@@ -119,7 +125,8 @@ impl Capabilities {
     /// What a session can do with these models loaded.
     pub fn new(moderator: Option<&Moderator>, factcheck: bool, intent: bool, max_chars: usize) -> Self {
         let moderation_categories = moderator.map(|m| m.categories().map(String::from).collect());
-        Self { moderation_categories, factcheck, intent, max_chars }
+        let moderation_spans = moderator.is_some_and(|m| m.span_decoding().is_some());
+        Self { moderation_categories, moderation_spans, factcheck, intent, max_chars }
     }
 }
 
@@ -149,16 +156,27 @@ pub fn handle(
     capabilities: &Capabilities,
 ) -> Result<ServerMessage, InvalidRequest> {
     match message {
-        ClientMessage::Open { text, offsets, sources, thresholds, top_k, debounce_ms } => {
+        ClientMessage::Open {
+            text,
+            offsets,
+            sources,
+            thresholds,
+            span_threshold,
+            span_relative_threshold,
+            top_k,
+            debounce_ms,
+        } => {
+            let thresholds =
+                Thresholds { categories: thresholds, span: span_threshold, span_relative: span_relative_threshold };
             match &capabilities.moderation_categories {
-                Some(categories) => check_thresholds(categories, &thresholds)?,
-                None if !thresholds.is_empty() => {
+                Some(categories) => thresholds.check(categories, capabilities.moderation_spans)?,
+                None if !thresholds.categories.is_empty() => {
                     return Err(InvalidRequest::new(
                         "unknown_category",
                         "`thresholds` needs a moderation model, and this server has none",
                     ))
                 }
-                None => {}
+                None => thresholds.check(&[] as &[&str], false)?,
             }
             let top_k = top_k.unwrap_or(3);
             if top_k == 0 || top_k > MAX_TOP_K {
@@ -179,7 +197,7 @@ pub fn handle(
                 document,
                 generation,
                 settings: LiveSettings {
-                    thresholds: Thresholds::categories(thresholds),
+                    thresholds,
                     sources: Arc::new(sources),
                     factcheck: FactcheckOptions { top_k },
                 },

@@ -83,9 +83,37 @@ pub struct Thresholds {
 }
 
 impl Thresholds {
-    /// Category thresholds alone; the spans keep the model's decoding.
-    pub fn categories(categories: BTreeMap<String, f32>) -> Self {
-        Self { categories, ..Self::default() }
+    /// Refuses thresholds for names not in `categories`, span thresholds where the setup marks
+    /// no spans (`spans` false), and any outside 0..1.
+    pub fn check<S: AsRef<str>>(&self, categories: &[S], spans: bool) -> Result<(), InvalidRequest> {
+        for (name, &value) in &self.categories {
+            if !categories.iter().any(|c| c.as_ref() == name) {
+                let known: Vec<&str> = categories.iter().map(AsRef::as_ref).collect();
+                return Err(InvalidRequest::new(
+                    "unknown_category",
+                    format!("no category '{name}'; the model has {}", known.join(", ")),
+                ));
+            }
+            if !(0.0..=1.0).contains(&value) {
+                return Err(InvalidRequest::new(
+                    "invalid_threshold",
+                    format!("threshold for '{name}' must be within 0..1"),
+                ));
+            }
+        }
+        for (name, value) in [("span_threshold", self.span), ("span_relative_threshold", self.span_relative)] {
+            let Some(value) = value else { continue };
+            if !spans {
+                return Err(InvalidRequest::new(
+                    "invalid_threshold",
+                    format!("`{name}` needs a span model, and this moderation setup marks no spans"),
+                ));
+            }
+            if !(0.0..=1.0).contains(&value) {
+                return Err(InvalidRequest::new("invalid_threshold", format!("`{name}` must be within 0..1")));
+            }
+        }
+        Ok(())
     }
 
     fn span_decoding(&self, calibrated: SpanDecoding) -> SpanDecoding {
@@ -455,22 +483,7 @@ impl Moderator {
     /// spans, and any outside 0..1.
     pub fn check_thresholds(&self, thresholds: &Thresholds) -> Result<(), InvalidRequest> {
         let categories: Vec<&str> = self.categories().collect();
-        check_thresholds(&categories, &thresholds.categories)?;
-        for (name, value) in
-            [("span_threshold", thresholds.span), ("span_relative_threshold", thresholds.span_relative)]
-        {
-            let Some(value) = value else { continue };
-            if self.spans.is_none() {
-                return Err(InvalidRequest::new(
-                    "invalid_threshold",
-                    format!("`{name}` needs a span model, and this moderation setup marks no spans"),
-                ));
-            }
-            if !(0.0..=1.0).contains(&value) {
-                return Err(InvalidRequest::new("invalid_threshold", format!("`{name}` must be within 0..1")));
-            }
-        }
-        Ok(())
+        thresholds.check(&categories, self.spans.is_some())
     }
 
     /// Takes a place under every engine's admission control, or fails when one is full.
@@ -540,29 +553,6 @@ impl Moderator {
             })
             .collect())
     }
-}
-
-/// Refuses `thresholds` for names not in `categories` or outside 0..1.
-pub fn check_thresholds<S: AsRef<str>>(
-    categories: &[S],
-    thresholds: &BTreeMap<String, f32>,
-) -> Result<(), InvalidRequest> {
-    for (name, &value) in thresholds {
-        if !categories.iter().any(|c| c.as_ref() == name) {
-            let known: Vec<&str> = categories.iter().map(AsRef::as_ref).collect();
-            return Err(InvalidRequest::new(
-                "unknown_category",
-                format!("no category '{name}'; the model has {}", known.join(", ")),
-            ));
-        }
-        if !(0.0..=1.0).contains(&value) {
-            return Err(InvalidRequest::new(
-                "invalid_threshold",
-                format!("threshold for '{name}' must be within 0..1"),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Turns per-token probabilities into spans of `text`: runs of consecutive tokens at or above
