@@ -257,11 +257,11 @@ const IN_FLIGHT: usize = 8;
 pub async fn evaluate(moderator: &Moderator, rows: &[ModerationRow], bar: &ProgressBar) -> Result<ModerationReport> {
     let started = Instant::now();
     bar.set_length(rows.len() as u64);
-    let none = Thresholds::default();
+    let calibrated = Thresholds::default();
     let calls = rows.chunks(CHUNK).map(|chunk| {
         let texts: Vec<String> = chunk.iter().map(|r| r.text.clone()).collect();
-        let none = &none;
-        async move { moderator.moderate(&texts, none).await }
+        let calibrated = &calibrated;
+        async move { moderator.moderate(&texts, calibrated).await }
     });
     let mut results = futures::stream::iter(calls).buffered(IN_FLIGHT);
     let mut outputs = Vec::with_capacity(rows.len());

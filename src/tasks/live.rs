@@ -489,7 +489,7 @@ pub struct LiveModels<'a> {
 /// A session's settings.
 #[derive(Debug, Clone)]
 pub struct LiveSettings {
-    /// Per-category moderation thresholds replacing the model's defaults.
+    /// Moderation thresholds (per category, and for the spans) replacing the model's defaults.
     pub thresholds: Thresholds,
     /// Claims are checked only when there are sources.
     pub sources: Arc<Vec<Source>>,
