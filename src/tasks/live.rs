@@ -168,16 +168,14 @@ pub fn handle(
         } => {
             let thresholds =
                 Thresholds { categories: thresholds, span: span_threshold, span_relative: span_relative_threshold };
-            match &capabilities.moderation_categories {
-                Some(categories) => thresholds.check(categories, capabilities.moderation_spans)?,
-                None if !thresholds.categories.is_empty() => {
-                    return Err(InvalidRequest::new(
-                        "unknown_category",
-                        "`thresholds` needs a moderation model, and this server has none",
-                    ))
-                }
-                None => thresholds.check(&[] as &[&str], false)?,
+            let categories = capabilities.moderation_categories.as_deref();
+            if categories.is_none() && !thresholds.categories.is_empty() {
+                return Err(InvalidRequest::new(
+                    "unknown_category",
+                    "`thresholds` needs a moderation model, and this server has none",
+                ));
             }
+            thresholds.check(categories.unwrap_or_default(), capabilities.moderation_spans)?;
             let top_k = top_k.unwrap_or(3);
             if top_k == 0 || top_k > MAX_TOP_K {
                 return Err(InvalidRequest::new("invalid_top_k", format!("`top_k` must be within 1..={MAX_TOP_K}")));
