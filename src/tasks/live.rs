@@ -168,14 +168,8 @@ pub fn handle(
         } => {
             let thresholds =
                 Thresholds { categories: thresholds, span: span_threshold, span_relative: span_relative_threshold };
-            let categories = capabilities.moderation_categories.as_deref();
-            if categories.is_none() && !thresholds.categories.is_empty() {
-                return Err(InvalidRequest::new(
-                    "unknown_category",
-                    "`thresholds` needs a moderation model, and this server has none",
-                ));
-            }
-            thresholds.check(categories.unwrap_or_default(), capabilities.moderation_spans)?;
+            let categories = capabilities.moderation_categories.as_deref().unwrap_or_default();
+            thresholds.check(categories, capabilities.moderation_spans)?;
             let top_k = top_k.unwrap_or(3);
             if top_k == 0 || top_k > MAX_TOP_K {
                 return Err(InvalidRequest::new("invalid_top_k", format!("`top_k` must be within 1..={MAX_TOP_K}")));
@@ -751,6 +745,26 @@ mod tests {
     fn assert_runs_cover(doc: &LiveDocument) {
         assert_eq!(doc.runs.iter().map(|r| r.len).sum::<usize>(), doc.text.len(), "{:?}", doc.runs);
         assert!(doc.runs.windows(2).all(|w| w[0].author != w[1].author), "runs are merged: {:?}", doc.runs);
+    }
+
+    #[test]
+    fn without_a_moderation_model_open_refuses_moderation_thresholds() {
+        let capabilities = Capabilities::new(None, false, false, 1000);
+        let open =
+            |extra: &str| parse_message(&format!(r#"{{"type": "open", "text": "Hi", {extra}}}"#)).expect("parses");
+        let mut session = None;
+        for (extra, code) in [
+            (r#""thresholds": {"offensive": 0.5}"#, "unknown_category"),
+            (r#""span_threshold": 0.5"#, "invalid_threshold"),
+        ] {
+            let Err(refused) = handle(&mut session, open(extra), &capabilities) else {
+                panic!("{extra} opened a session without a moderation model");
+            };
+            assert_eq!(refused.code, code, "{extra}");
+        }
+        assert!(session.is_none());
+        assert!(handle(&mut session, open(r#""top_k": 3"#), &capabilities).is_ok());
+        assert!(session.is_some());
     }
 
     #[test]

@@ -83,16 +83,19 @@ pub struct Thresholds {
 }
 
 impl Thresholds {
-    /// Refuses thresholds for names not in `categories`, span thresholds where the setup marks
-    /// no spans (`spans` false), and any outside 0..1.
+    /// Refuses thresholds for names not in `categories`, span thresholds where no model marks
+    /// spans (`spans` false), and any outside 0..1. With no moderation model, pass no
+    /// categories and `spans` false.
     pub fn check<S: AsRef<str>>(&self, categories: &[S], spans: bool) -> Result<(), InvalidRequest> {
         for (name, &value) in &self.categories {
             if !categories.iter().any(|c| c.as_ref() == name) {
                 let known: Vec<&str> = categories.iter().map(AsRef::as_ref).collect();
-                return Err(InvalidRequest::new(
-                    "unknown_category",
-                    format!("no category '{name}'; the model has {}", known.join(", ")),
-                ));
+                let known = if known.is_empty() {
+                    "no moderation model here scores categories".to_string()
+                } else {
+                    format!("the model has {}", known.join(", "))
+                };
+                return Err(InvalidRequest::new("unknown_category", format!("no category '{name}'; {known}")));
             }
             if !(0.0..=1.0).contains(&value) {
                 return Err(InvalidRequest::new(
@@ -106,7 +109,7 @@ impl Thresholds {
             if !spans {
                 return Err(InvalidRequest::new(
                     "invalid_threshold",
-                    format!("`{name}` needs a span model, and this moderation setup marks no spans"),
+                    format!("`{name}` needs a moderation model that marks spans, and none here does"),
                 ));
             }
             if !(0.0..=1.0).contains(&value) {
